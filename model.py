@@ -1,0 +1,352 @@
+"""
+A GPT-2 style decoder, written out by hand, shared by every stage.
+
+It knows about left padding: every row of a batch may start with padding, and
+positions are counted over real tokens only, so a padded row computes exactly what
+the same row computes alone. That is what lets us batch prompts of different
+lengths in generation, in the reward model and in PPO.
+"""
+
+import json
+import math
+import os
+import struct
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+@dataclass
+class GPTConfig:
+    block_size: int = 128  # longest sequence, in tokens (the learned position table has this many rows)
+    vocab_size: int = 2048
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 128
+    dropout: float = 0.0  # every RLHF stage runs with dropout off: it would make log-probs noisy
+
+
+class KVCache:
+    """Keys and values of the tokens seen so far, per layer, preallocated for the whole generation."""
+
+    def __init__(self, n_layer, max_len):
+        self.k = [None] * n_layer
+        self.v = [None] * n_layer
+        self.max_len = max_len
+        self.pos = 0  # number of tokens already in the cache
+
+    def update(self, layer, k, v):
+        if self.k[layer] is None:  # allocate lazily, so the cache takes the dtype that autocast produced
+            B, H, _, D = k.shape
+            self.k[layer] = k.new_zeros(B, H, self.max_len, D)
+            self.v[layer] = v.new_zeros(B, H, self.max_len, D)
+        end = self.pos + k.size(2)
+        self.k[layer][:, :, self.pos:end] = k
+        self.v[layer][:, :, self.pos:end] = v
+        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config, layer):
+        super().__init__()
+        assert config.n_embd % config.n_head == 0
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd)
+        self.resid_dropout = nn.Dropout(config.dropout)
+        self.n_head = config.n_head
+        self.dropout = config.dropout
+        self.layer = layer
+
+    def forward(self, x, attn_mask, cache):
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(C, dim=2)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        if cache is not None:
+            k, v = cache.update(self.layer, k, v)
+        dropout = self.dropout if self.training else 0.0
+        if attn_mask is None:  # no padding, no cache: the fast fused causal kernel
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd)
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x):
+        # GPT-2 used the tanh approximation of GELU; matching it keeps the pretrained logits exact
+        return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))
+
+
+class Block(nn.Module):
+    def __init__(self, config, layer):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd)
+        self.attn = CausalSelfAttention(config, layer)
+        self.ln_2 = nn.LayerNorm(config.n_embd)
+        self.mlp = MLP(config)
+
+    def forward(self, x, attn_mask, cache):
+        x = x + self.attn(self.ln_1(x), attn_mask, cache)
+        return x + self.mlp(self.ln_2(x))
+
+
+class ScalarHead(nn.Module):
+    """hidden size -> 1: the reward model's head and PPO's value head."""
+
+    def __init__(self, n_embd):
+        super().__init__()
+        self.proj = nn.Linear(n_embd, 1)
+        # std 1/sqrt(d+1) keeps the initial outputs of order 1 (lm-human-preferences does the same)
+        nn.init.normal_(self.proj.weight, std=1 / math.sqrt(n_embd + 1))
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(self, hidden):
+        return self.proj(hidden).squeeze(-1)
+
+
+class GPT(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.transformer = nn.ModuleDict(dict(
+            wte=nn.Embedding(config.vocab_size, config.n_embd),
+            wpe=nn.Embedding(config.block_size, config.n_embd),
+            drop=nn.Dropout(config.dropout),
+            h=nn.ModuleList([Block(config, i) for i in range(config.n_layer)]),
+            ln_f=nn.LayerNorm(config.n_embd),
+        ))
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.lm_head.weight = self.transformer.wte.weight  # tied, as in GPT-2
+        self.apply(self._init_weights)
+        # residual projections add up over 2 per layer; scale them so the residual stream's variance stays put
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    def _init_weights(self, module):
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def num_params(self):
+        return sum(p.numel() for p in self.parameters())
+
+    def hidden_states(self, idx, attention_mask=None, cache=None):
+        """
+        idx: [B, T] token ids. attention_mask: [B, T_past + T], 1 for real tokens, 0 for left padding
+        (with a cache it covers the cached tokens too). Returns the final hidden states [B, T, n_embd].
+        """
+        B, T = idx.shape
+        past = cache.pos if cache is not None else 0
+        if attention_mask is None and cache is None:
+            pos = torch.arange(T, device=idx.device).unsqueeze(0)
+            attn_mask = None
+        else:
+            if attention_mask is None:
+                attention_mask = torch.ones(B, past + T, dtype=torch.long, device=idx.device)
+            # a token's position is the number of real tokens before it, so left padding shifts nothing
+            pos = (attention_mask.long().cumsum(1) - 1).clamp(min=0)[:, past:]
+            q = torch.arange(past, past + T, device=idx.device)[:, None]
+            k = torch.arange(past + T, device=idx.device)[None, :]
+            attn_mask = (k <= q) & attention_mask.bool()[:, None, :]
+            # a padding query would see no key at all (softmax over nothing is NaN): let it see itself
+            attn_mask = (attn_mask | (k == q))[:, None]  # [B, 1, T, T_past + T]
+        if int(pos.max()) >= self.config.block_size:
+            raise ValueError(f"sequence of {int(pos.max()) + 1} tokens is longer than block_size {self.config.block_size}")
+        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
+        for block in self.transformer.h:
+            x = block(x, attn_mask, cache)
+        if cache is not None:
+            cache.pos += T
+        return self.transformer.ln_f(x)
+
+    def forward(self, idx, attention_mask=None, cache=None):
+        """Logits [B, T, vocab] for next-token prediction at every position."""
+        return self.lm_head(self.hidden_states(idx, attention_mask, cache))
+
+    @torch.no_grad()
+    def generate(self, idx, attention_mask, max_new_tokens, eot_id, temperature=1.0, top_k=None, top_p=None,
+                 generator=None):
+        """
+        Sample continuations of a left-padded batch of prompts with a KV cache.
+        temperature 0 means greedy. Each row stops at its first end-of-text; after it the row holds eot_id
+        (padding) with log-prob 0. Returns (tokens [B, N], logprobs [B, N]), N <= max_new_tokens, where
+        logprobs are those of the sampled tokens under softmax(logits / temperature), before any top-k/top-p
+        filtering: the distribution PPO's log-probs are computed from.
+        """
+        B, T = idx.shape
+        if attention_mask is None:
+            attention_mask = torch.ones_like(idx)
+        longest = int(attention_mask.sum(1).max()) + max_new_tokens
+        if longest > self.config.block_size:
+            raise ValueError(f"prompt plus max_new_tokens is {longest} tokens, more than block_size {self.config.block_size}")
+        cache = KVCache(self.config.n_layer, T + max_new_tokens)
+        mask = attention_mask.long()
+        logits = self(idx, mask, cache)[:, -1]
+        done = torch.zeros(B, dtype=torch.bool, device=idx.device)
+        tokens, logprobs = [], []
+        for step in range(max_new_tokens):
+            logits = logits.float()
+            if temperature == 0:
+                logp = F.log_softmax(logits, dim=-1)
+                nxt = logits.argmax(-1)
+            else:
+                logits = logits / temperature
+                logp = F.log_softmax(logits, dim=-1)
+                probs = F.softmax(filter_logits(logits, top_k, top_p), dim=-1)
+                nxt = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+            nxt = torch.where(done, torch.full_like(nxt, eot_id), nxt)
+            tokens.append(nxt)
+            logprobs.append(torch.where(done, 0.0, logp.gather(1, nxt[:, None]).squeeze(1)))
+            done = done | (nxt == eot_id)
+            if done.all() or step == max_new_tokens - 1:
+                break
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+            logits = self(nxt[:, None], mask, cache)[:, -1]
+        return torch.stack(tokens, 1), torch.stack(logprobs, 1)
+
+    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type, extra_params=()):
+        """AdamW with weight decay on matrices only (not on biases, LayerNorm gains); fused on CUDA."""
+        params = [p for p in list(self.parameters()) + list(extra_params) if p.requires_grad]
+        groups = [
+            {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+        ]
+        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=device_type == "cuda")
+
+    def flops_per_token(self, seq_len):
+        """Training FLOPs per token (forward and backward): 6 per parameter plus attention (PaLM appendix B)."""
+        cfg = self.config
+        return 6 * self.num_params() + 12 * cfg.n_layer * cfg.n_embd * seq_len
+
+    def estimate_mfu(self, tokens_per_second, seq_len, peak_flops=989e12):
+        """Model FLOPs utilisation against a peak (default: H100 SXM dense bf16)."""
+        return self.flops_per_token(seq_len) * tokens_per_second / peak_flops
+
+    @classmethod
+    def from_pretrained(cls, name_or_path, cache_dir=None):
+        """
+        Load GPT-2 weights from a Hugging Face checkpoint directory (config.json and model.safetensors or
+        pytorch_model.bin), or by name (gpt2, gpt2-medium, gpt2-large, gpt2-xl), downloaded once into cache_dir.
+        """
+        path = Path(name_or_path)
+        if not path.is_dir():
+            if name_or_path not in GPT2_NAMES:
+                raise FileNotFoundError(f"{name_or_path} is neither a checkpoint directory nor one of {GPT2_NAMES}")
+            path = download_gpt2(name_or_path, cache_dir)
+        hf = json.loads((path / "config.json").read_text())
+        config = GPTConfig(block_size=hf["n_positions"], vocab_size=hf["vocab_size"], n_layer=hf["n_layer"],
+                           n_head=hf["n_head"], n_embd=hf["n_embd"], dropout=0.0)
+        if (path / "model.safetensors").exists():
+            hf_state = load_safetensors(path / "model.safetensors")
+        elif (path / "pytorch_model.bin").exists():
+            hf_state = torch.load(path / "pytorch_model.bin", map_location="cpu", weights_only=True)
+        else:
+            raise FileNotFoundError(f"{path} has neither model.safetensors nor pytorch_model.bin")
+        model = cls(config)
+        model.load_state_dict(convert_hf_gpt2(hf_state, model.state_dict()))
+        return model
+
+
+def filter_logits(logits, top_k=None, top_p=None):
+    """Set to -inf every logit outside the top k, and outside the smallest set whose probability reaches top_p."""
+    if top_k is not None:
+        kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None:
+        sorted_logits, order = torch.sort(logits, descending=True)
+        cum = F.softmax(sorted_logits, dim=-1).cumsum(-1)
+        drop = cum - F.softmax(sorted_logits, dim=-1) > top_p  # the mass before a token already reaches top_p
+        logits = logits.masked_fill(drop.scatter(1, order, drop), float("-inf"))
+    return logits
+
+
+def response_mask(tokens, eot_id):
+    """1 for the tokens of a generated response up to and including its first end-of-text, 0 after."""
+    is_eot = (tokens == eot_id).long()
+    return (is_eot.cumsum(1) - is_eot == 0).long()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# GPT-2 weights from Hugging Face files
+
+GPT2_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
+SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+                      "I64": torch.int64, "I32": torch.int32, "U8": torch.uint8, "BOOL": torch.bool}
+
+
+def load_safetensors(path):
+    """Read a .safetensors file: 8-byte little-endian header length, a JSON header, then the raw tensors."""
+    with open(path, "rb") as f:
+        (header_len,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(header_len))
+        data = bytearray(f.read())
+    tensors = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        begin, end = info["data_offsets"]
+        dtype = SAFETENSORS_DTYPES[info["dtype"]]
+        t = torch.frombuffer(data, dtype=dtype, count=(end - begin) // dtype.itemsize, offset=begin)
+        tensors[name] = t.reshape(info["shape"]).clone()
+    return tensors
+
+
+def convert_hf_gpt2(hf_state, our_state):
+    """Map Hugging Face GPT-2 keys onto ours; every key and shape must match, or the error names it."""
+    # GPT-2 stores these as Conv1D, i.e. [in, out]; nn.Linear wants [out, in]
+    transposed = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+    state = {}
+    for key, value in hf_state.items():
+        if key.endswith((".attn.bias", ".attn.masked_bias")):
+            continue  # the causal-mask buffers, not weights (note: "c_attn.bias" is a weight)
+        ours = key if key.startswith(("transformer.", "lm_head.")) else "transformer." + key
+        if ours not in our_state:
+            raise KeyError(f"unexpected key in the GPT-2 checkpoint: {key}")
+        if key.endswith(transposed):
+            value = value.t()
+        if value.shape != our_state[ours].shape:
+            raise ValueError(f"{key}: checkpoint shape {tuple(value.shape)}, model expects {tuple(our_state[ours].shape)}")
+        state[ours] = value
+    state.setdefault("lm_head.weight", state.get("transformer.wte.weight"))  # tied: often not stored
+    missing = [k for k in our_state if k not in state]
+    if missing:
+        raise KeyError(f"missing from the GPT-2 checkpoint: {', '.join(missing)}")
+    return state
+
+
+def download_gpt2(name, cache_dir=None):
+    """Fetch config.json and model.safetensors of an OpenAI GPT-2 model from the Hugging Face hub, once."""
+    cache_dir = Path(cache_dir or os.environ.get("RLHF_CACHE", Path.home() / ".cache" / "rlhf-from-scratch")) / name
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    for file in ("config.json", "model.safetensors"):
+        target = cache_dir / file
+        if target.exists():
+            continue
+        url = f"https://huggingface.co/openai-community/{name}/resolve/main/{file}"
+        print(f"downloading {url}")
+        tmp = target.with_suffix(".part")
+        try:
+            with urllib.request.urlopen(url, timeout=60) as response, open(tmp, "wb") as out:
+                while chunk := response.read(1 << 20):
+                    out.write(chunk)
+        except OSError as e:
+            raise RuntimeError(f"could not download {url} ({e}); offline, put config.json and model.safetensors "
+                               f"of {name} into {cache_dir} by hand") from e
+        os.replace(tmp, target)
+    return cache_dir
+

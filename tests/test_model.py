@@ -1,0 +1,203 @@
+import json
+import struct
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from model import GPT, GPTConfig, ScalarHead, filter_logits, response_mask
+
+
+def tiny(seed=0, **kw):
+    torch.manual_seed(seed)
+    cfg = dict(block_size=32, vocab_size=50, n_layer=2, n_head=2, n_embd=16)
+    cfg.update(kw)
+    return GPT(GPTConfig(**cfg)).eval()
+
+
+def left_pad(rows, pad=0):
+    width = max(len(r) for r in rows)
+    idx = torch.tensor([[pad] * (width - len(r)) + r for r in rows])
+    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+    return idx, mask
+
+
+ROWS = [[5, 6, 7, 8, 9, 10, 11], [12, 13], [14, 15, 16, 17]]
+
+
+def test_left_padded_batch_equals_rows_alone():
+    model = tiny()
+    idx, mask = left_pad(ROWS, pad=3)
+    logits = model(idx, mask)
+    hidden = model.hidden_states(idx, mask)
+    for i, row in enumerate(ROWS):
+        alone = model(torch.tensor([row]))[0]
+        n = len(row)
+        torch.testing.assert_close(logits[i, -n:], alone, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(hidden[i, -n:], model.hidden_states(torch.tensor([row]))[0], atol=1e-5, rtol=1e-5)
+    assert torch.isfinite(logits).all()  # the padding positions too
+
+
+def test_padding_token_ids_do_not_matter():
+    model = tiny()
+    a, mask = left_pad(ROWS, pad=3)
+    b, _ = left_pad(ROWS, pad=40)
+    real = mask.bool()
+    torch.testing.assert_close(model(a, mask)[real], model(b, mask)[real])
+
+
+def full_forward_greedy(model, rows, n, eot):
+    """Reference: no cache, the whole sequence through the model at every step."""
+    idx, mask = left_pad(rows)
+    done = torch.zeros(len(rows), dtype=torch.bool)
+    toks, logps = [], []
+    for _ in range(n):
+        logits = model(idx, mask)[:, -1]
+        nxt = torch.where(done, eot, logits.argmax(-1))
+        lp = torch.where(done, 0.0, F.log_softmax(logits, -1).gather(1, nxt[:, None]).squeeze(1))
+        toks.append(nxt)
+        logps.append(lp)
+        done |= nxt == eot
+        idx = torch.cat([idx, nxt[:, None]], 1)
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
+    return torch.stack(toks, 1), torch.stack(logps, 1)
+
+
+@pytest.mark.parametrize("eot", [49, 7])
+def test_kv_cache_greedy_equals_full_forward(eot):
+    model = tiny(1)
+    idx, mask = left_pad(ROWS)
+    toks, logps = model.generate(idx, mask, max_new_tokens=12, eot_id=eot, temperature=0)
+    ref_toks, ref_logps = full_forward_greedy(model, ROWS, toks.size(1), eot)
+    assert torch.equal(toks, ref_toks)
+    torch.testing.assert_close(logps, ref_logps, atol=1e-5, rtol=1e-5)
+
+
+def test_generation_stops_and_pads_after_eot():
+    model = tiny(2, vocab_size=4)  # with 4 tokens, end-of-text comes soon
+    idx, mask = left_pad([[1, 2], [2]])
+    toks, logps = model.generate(idx, mask, 20, eot_id=0, temperature=1.0, generator=torch.Generator().manual_seed(0))
+    m = response_mask(toks, 0)
+    assert (toks[m == 0] == 0).all() and (logps[m == 0] == 0).all()
+    assert (logps[m == 1] < 0).all()
+    # a row stops at its first end-of-text: the mask has exactly one eot inside it, at its end
+    for row, rm in zip(toks, m):
+        kept = row[rm.bool()]
+        assert (kept == 0).sum() <= 1 and (kept[:-1] != 0).all()
+
+
+def test_sampled_logprobs_are_temperature_scaled():
+    model = tiny(3)
+    idx, mask = left_pad(ROWS)
+    g = torch.Generator().manual_seed(0)
+    toks, logps = model.generate(idx, mask, 1, eot_id=49, temperature=0.7, top_k=5, generator=g)
+    expected = F.log_softmax(model(idx, mask)[:, -1] / 0.7, -1).gather(1, toks).squeeze(1)
+    torch.testing.assert_close(logps[:, 0], expected)
+
+
+def test_sampling_is_deterministic_for_a_seed():
+    model = tiny(4)
+    idx, mask = left_pad(ROWS)
+    run = lambda: model.generate(idx, mask, 10, 49, temperature=1.0, top_p=0.9, generator=torch.Generator().manual_seed(7))[0]
+    assert torch.equal(run(), run())
+
+
+def test_filter_logits():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    assert torch.isinf(filter_logits(logits, top_k=2)).tolist() == [[False, False, True, True]]
+    # 0.5 + 0.3 reaches 0.8: the rest go
+    assert torch.isinf(filter_logits(logits, top_p=0.8)).tolist() == [[False, False, True, True]]
+    assert torch.isinf(filter_logits(logits, top_p=0.81)).tolist() == [[False, False, False, True]]
+
+
+def test_too_long_is_an_error():
+    model = tiny()
+    with pytest.raises(ValueError, match="block_size"):
+        model(torch.zeros(1, 33, dtype=torch.long))
+    with pytest.raises(ValueError, match="block_size"):
+        model.generate(torch.zeros(1, 30, dtype=torch.long), None, 5, eot_id=0)
+
+
+def test_scalar_head_init():
+    torch.manual_seed(0)
+    head = ScalarHead(1023)
+    assert head.proj.bias.item() == 0
+    assert abs(head.proj.weight.std().item() - 1 / 32) < 0.003
+    assert head(torch.zeros(2, 5, 1023)).shape == (2, 5)
+
+
+def test_weight_decay_on_matrices_only():
+    model = tiny()
+    opt = model.configure_optimizers(0.1, 1e-3, (0.9, 0.95), "cpu")
+    decay, no_decay = opt.param_groups
+    assert all(p.dim() == 2 for p in decay["params"]) and all(p.dim() == 1 for p in no_decay["params"])
+    assert sum(p.numel() for g in opt.param_groups for p in g["params"]) == model.num_params()
+
+
+# --- GPT-2 checkpoints in the Hugging Face layout ---------------------------------------------------------
+
+CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+
+
+def hf_state(model, prefix):
+    """Our weights as Hugging Face stores GPT-2: Conv1D matrices transposed, mask buffers included."""
+    state = {}
+    T = model.config.block_size
+    for k, v in model.state_dict().items():
+        if k == "lm_head.weight":
+            continue
+        name = k.removeprefix("transformer.")
+        state[prefix + name] = v.t().contiguous() if name.endswith(CONV1D) else v.clone()
+    for i in range(model.config.n_layer):
+        state[f"{prefix}h.{i}.attn.bias"] = torch.tril(torch.ones(T, T)).view(1, 1, T, T)
+        state[f"{prefix}h.{i}.attn.masked_bias"] = torch.tensor(-1e4)
+    return state
+
+
+def write_safetensors(path, tensors):
+    names = {torch.float32: "F32"}
+    header, offset, blobs = {"__metadata__": {"format": "pt"}}, 0, []
+    for k, t in tensors.items():
+        b = t.contiguous().numpy().tobytes()
+        header[k] = {"dtype": names[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + len(b)]}
+        offset += len(b)
+        blobs.append(b)
+    h = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(h)) + h + b"".join(blobs))
+
+
+def write_config(path, cfg):
+    path.write_text(json.dumps({"model_type": "gpt2", "n_positions": cfg.block_size, "n_ctx": cfg.block_size,
+                                "vocab_size": cfg.vocab_size, "n_layer": cfg.n_layer, "n_head": cfg.n_head,
+                                "n_embd": cfg.n_embd, "layer_norm_epsilon": 1e-5}))
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "bin"])
+def test_from_pretrained_reproduces_logits(tmp_path, fmt):
+    model = tiny(5)
+    write_config(tmp_path / "config.json", model.config)
+    if fmt == "safetensors":  # the hub's files have no "transformer." prefix
+        write_safetensors(tmp_path / "model.safetensors", hf_state(model, ""))
+    else:  # GPT2LMHeadModel.save_pretrained: prefixed, lm_head stored
+        state = hf_state(model, "transformer.")
+        state["lm_head.weight"] = model.lm_head.weight.detach().clone()
+        torch.save(state, tmp_path / "pytorch_model.bin")
+    loaded = GPT.from_pretrained(str(tmp_path)).eval()
+    idx, mask = left_pad(ROWS)
+    torch.testing.assert_close(loaded(idx, mask), model(idx, mask))
+    assert loaded.lm_head.weight.data_ptr() == loaded.transformer.wte.weight.data_ptr()
+
+
+@pytest.mark.parametrize("edit,message", [
+    (lambda s: s.pop("h.1.mlp.c_fc.bias"), "missing.*h.1.mlp.c_fc.bias"),
+    (lambda s: s.__setitem__("h.0.attn.extra", torch.zeros(2)), "unexpected.*h.0.attn.extra"),
+    (lambda s: s.__setitem__("wpe.weight", torch.zeros(3, 16)), "wpe.weight.*shape"),
+])
+def test_from_pretrained_names_bad_keys(tmp_path, edit, message):
+    model = tiny(5)
+    write_config(tmp_path / "config.json", model.config)
+    state = hf_state(model, "")
+    edit(state)
+    write_safetensors(tmp_path / "model.safetensors", state)
+    with pytest.raises((KeyError, ValueError), match=message):
+        GPT.from_pretrained(str(tmp_path))
