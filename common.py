@@ -1,0 +1,356 @@
+"""
+Plumbing that every stage needs, written once: the command line, device and precision, checkpoints,
+JSONL data, batching, logging, and evaluation on held-out prompts. The RLHF math is not here: it is in
+the stage files.
+"""
+
+import argparse
+import contextlib
+import dataclasses
+import inspect
+import json
+import math
+import os
+import random
+import re
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from model import GPT, GPTConfig, response_mask
+from tokenizer import load_tokenizer
+
+# ----------------------------------------------------------------------------------------------------------
+# Configuration: a dataclass per stage; each field's trailing comment is its --help text
+
+
+def field_docs(cls):
+    """{field name: its trailing comment} read from the class source, so the docs live beside the defaults."""
+    docs = {}
+    for line in inspect.getsource(cls).splitlines():
+        m = re.match(r"\s+(\w+)\s*:[^#]*#\s*(.*)$", line)
+        if m:
+            docs[m.group(1)] = m.group(2)
+    return docs
+
+
+def parse_config(cls, argv=None):
+    """
+    Build the command line from a config dataclass: one --flag per field, with its default and its comment.
+    Returns (config, names of the flags given explicitly), the latter so that --resume can tell what to override.
+    """
+    docs = field_docs(cls)
+    parser = argparse.ArgumentParser(description=(sys.modules[cls.__module__].__doc__ or "").strip(),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     argument_default=argparse.SUPPRESS)
+    for f in dataclasses.fields(cls):
+        assert f.name in docs, f"{cls.__name__}.{f.name} needs a trailing comment: it is the --help text"
+        help = f"{docs[f.name]} (default: {f.default!r})"
+        if f.type is bool:
+            parser.add_argument(f"--{f.name}", action=argparse.BooleanOptionalAction, help=help)
+        else:
+            parser.add_argument(f"--{f.name}", type=f.type, metavar=f.type.__name__.upper(), help=help)
+    given = vars(parser.parse_args(argv))
+    return cls(**given), set(given)
+
+
+def print_config(cfg):
+    width = max(len(f.name) for f in dataclasses.fields(cfg))
+    for k, v in asdict(cfg).items():
+        print(f"  {k:<{width}} {v!r}")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Device and precision
+
+
+@dataclass
+class Runtime:
+    device: torch.device
+    dtype: torch.dtype  # what autocast computes in; float32 means no autocast
+    scaler: torch.amp.GradScaler  # only enabled for float16, whose small range needs loss scaling
+
+    def autocast(self):
+        if self.dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
+
+def setup_runtime(device="auto", dtype="auto", seed=0):
+    """CUDA when present (bf16 autocast where supported, else fp16 with a gradient scaler; TF32), else CPU fp32."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    if dtype == "auto":
+        dtype = "float32" if device.type == "cpu" else "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+    if dtype not in ("float32", "bfloat16", "float16"):
+        raise ValueError(f"--dtype must be auto, float32, bfloat16 or float16, not {dtype!r}")
+    torch.manual_seed(seed)
+    random.seed(seed)
+    return Runtime(device, getattr(torch, dtype), torch.amp.GradScaler(device.type, enabled=dtype == "float16"))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Checkpoints
+
+
+def save_checkpoint(path, obj):
+    """Write atomically: a crash mid-write leaves the previous checkpoint intact."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path):
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no checkpoint at {path}: run the stage that writes it first")
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def rng_state():
+    return {"torch": torch.get_rng_state(), "python": random.getstate(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def set_rng_state(state):
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    if state["cuda"]:
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def resume_config(cls, cfg, given, ckpt):
+    """The stored run's config, with only the flags given on this command line changed."""
+    saved = ckpt["config"]
+    for name in given - {"resume"}:
+        if saved.get(name) != getattr(cfg, name):
+            print(f"resume: {name} changed from {saved.get(name)!r} to {getattr(cfg, name)!r}")
+    return cls(**{**saved, **{name: getattr(cfg, name) for name in given}})
+
+
+def load_policy(path):
+    """A GPT and its tokenizer from one of our checkpoints."""
+    ckpt = load_checkpoint(path)
+    model = GPT(GPTConfig(**ckpt["model_config"]))
+    model.load_state_dict(ckpt["model"])
+    return model, ckpt["tokenizer"], ckpt
+
+
+def frozen(model):
+    """Eval mode, no gradients: a reference or reward model never trains and never holds optimizer state."""
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Data
+
+
+def read_jsonl(path, fields):
+    """
+    Records of a JSONL file, each with the given string fields. A malformed record (not JSON, a missing field,
+    a non-string or empty text) stops with file:line, so a bad dataset is fixed rather than silently thinned.
+    """
+    records = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            where = f"{path}:{lineno}"
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{where}: not valid JSON ({e.msg})") from None
+            if not isinstance(rec, dict):
+                raise ValueError(f"{where}: expected a JSON object with fields {list(fields)}")
+            for name in fields:
+                if name not in rec:
+                    raise ValueError(f"{where}: missing field {name!r}")
+                if not isinstance(rec[name], str):
+                    raise ValueError(f"{where}: field {name!r} must be a string, not {type(rec[name]).__name__}")
+                if not rec[name].strip():
+                    raise ValueError(f"{where}: field {name!r} is empty")
+            records.append({name: rec[name] for name in fields})
+    if not records:
+        raise ValueError(f"{path}: no records")
+    return records
+
+
+def fit_to_context(ids, mask, max_len):
+    """
+    The one truncation rule. A sequence longer than max_len loses prompt tokens from the left first (the end
+    of the dialogue is what the response answers), keeping at least max_len // 2 of them, then response
+    tokens from the right (losing the end-of-text). Returns (ids, mask, was_truncated).
+    """
+    if len(ids) <= max_len:
+        return ids, mask, False
+    n_prompt = mask.index(1) if 1 in mask else len(ids)
+    keep_prompt = min(n_prompt, max(max_len - (len(ids) - n_prompt), max_len // 2))
+    start = n_prompt - keep_prompt
+    return ids[start:start + max_len], mask[start:start + max_len], True
+
+
+def pad(seqs, pad_id, left=False):
+    """[B, T] tensor of variable-length lists, padded on the right (or left), and the mask of real entries."""
+    width = max(len(s) for s in seqs)
+    out = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        span = slice(width - len(s), width) if left else slice(0, len(s))
+        out[i, span] = torch.tensor(s, dtype=torch.long)
+        mask[i, span] = 1
+    return out, mask
+
+
+def encode_prompts(enc, prompts, max_len):
+    """Prompt token ids, left-truncated to max_len (the end of the dialogue is what must be answered)."""
+    return [enc.encode_ordinary(p)[-max_len:] for p in prompts]
+
+
+def builtin_task_paths(data_dir="out/data", tokenizer_path="out/tokenizer.tiktoken", vocab_size=2048):
+    """Generate the built-in task and train its tokenizer, if not done yet. Returns (data_dir, tokenizer spec)."""
+    from data.world import ensure_data
+    from tokenizer import save_bpe, train_bpe
+
+    ensure_data(data_dir)
+    if not Path(tokenizer_path).exists():
+        t0 = time.time()
+        texts = [r["prompt"] + r["response"] for r in read_jsonl(Path(data_dir) / "sft_train.jsonl", ("prompt", "response"))]
+        save_bpe(train_bpe(texts, vocab_size), tokenizer_path)
+        print(f"trained a {vocab_size}-token BPE on the built-in task in {time.time() - t0:.1f}s: {tokenizer_path}")
+    return data_dir, tokenizer_path
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Logging
+
+
+class MetricsLog:
+    """Every logged step as one JSON line in out/<stage>/metrics.jsonl (appended to on --resume)."""
+
+    def __init__(self, out_dir, resume=False):
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        self.path = Path(out_dir) / "metrics.jsonl"
+        if not resume:
+            self.path.write_text("")
+
+    def log(self, step, **metrics):
+        with open(self.path, "a") as f:
+            f.write(json.dumps({"step": step, **{k: round(float(v), 6) for k, v in metrics.items()}}) + "\n")
+
+
+def check_finite(loss, step, ckpt_path):
+    if not math.isfinite(loss):
+        raise FloatingPointError(f"loss is {loss} at step {step}; stopping. The last good checkpoint is kept at "
+                                 f"{ckpt_path}: lower the learning rate, or try --dtype float32")
+
+
+def lr_at(step, max_steps, lr, warmup_steps, min_lr_ratio=0.1):
+    """Linear warmup, then cosine decay to min_lr_ratio * lr at max_steps."""
+    if step < warmup_steps:
+        return lr * (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, max_steps - warmup_steps)
+    return lr * (min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Sampling and evaluation on held-out prompts
+
+
+def token_logprobs(logits, tokens, temperature=1.0):
+    """log p(token) under softmax(logits / temperature); cross-entropy avoids materialising a full log-softmax."""
+    logits = logits.float() / temperature
+    return -F.cross_entropy(logits.flatten(0, 1), tokens.flatten(), reduction="none").view(tokens.shape)
+
+
+def response_logprobs(model, prompt, prompt_mask, response, resp_mask, temperature=1.0):
+    """Per-token log-probs [B, T_resp] of responses that follow left-padded prompts; 0 outside resp_mask."""
+    ids = torch.cat([prompt, response], 1)
+    logits = model(ids, torch.cat([prompt_mask, resp_mask], 1))[:, prompt.size(1) - 1:-1]
+    return token_logprobs(logits, response, temperature) * resp_mask
+
+
+@torch.no_grad()
+def sample(model, prompt_ids, rt, eot_id, max_new_tokens, temperature, batch_size, seed):
+    """
+    Sample one response per prompt. Returns a list of (prompt tensor row, prompt mask row, tokens, mask) batches:
+    the prompts left-padded, the responses cut after their first end-of-text.
+    """
+    model.eval()
+    g = torch.Generator(rt.device).manual_seed(seed)
+    batches = []
+    for i in range(0, len(prompt_ids), batch_size):
+        p, pm = pad(prompt_ids[i:i + batch_size], eot_id, left=True)
+        p, pm = p.to(rt.device), pm.to(rt.device)
+        with rt.autocast():
+            tokens, _ = model.generate(p, pm, max_new_tokens, eot_id, temperature=temperature, generator=g)
+        batches.append((p, pm, tokens, response_mask(tokens, eot_id)))
+    return batches
+
+
+def decode_responses(enc, batches):
+    """Response texts, each ending in "<|endoftext|>" where the model ended it (the gold judge reads that)."""
+    texts = []
+    for _, _, tokens, mask in batches:
+        for row, m in zip(tokens.tolist(), mask.tolist()):
+            texts.append(enc.decode([t for t, keep in zip(row, m) if keep]))
+    return texts
+
+
+@torch.no_grad()
+def sequence_kl(policy, ref, batches, rt, temperature=1.0):
+    """Per-sequence KL(policy || ref) estimated on the policy's own samples: sum over tokens of log pi - log ref."""
+    kls = []
+    for p, pm, tokens, mask in batches:
+        with rt.autocast():
+            lp = response_logprobs(policy, p, pm, tokens, mask, temperature)
+            lr = response_logprobs(ref, p, pm, tokens, mask, temperature)
+        kls += ((lp - lr) * mask).sum(1).tolist()
+    return kls
+
+
+def win_rate(scores, baseline_scores):
+    """Share of prompts where the policy's sample beats the baseline's, a tie counting half."""
+    wins = sum(1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(scores, baseline_scores))
+    return wins / len(scores)
+
+
+def gold_eval(enc, prompts, batches):
+    """The gold judge on sampled responses: mean score, end-of-text rate, mean length in tokens."""
+    from data.world import gold_score
+
+    texts = decode_responses(enc, batches)
+    scores = [gold_score(p, t) for p, t in zip(prompts, texts)]
+    ended = torch.cat([(m.sum(1) > 0) & (t.gather(1, (m.sum(1, keepdim=True) - 1).clamp(min=0)) == enc.eot_token).squeeze(1)
+                       for _, _, t, m in batches])
+    lengths = torch.cat([m.sum(1) for _, _, _, m in batches]).float()
+    return {"gold": sum(scores) / len(scores), "eot_rate": ended.float().mean().item(),
+            "length": lengths.mean().item()}, scores, texts
+
+
+def print_samples(prompts, texts, scores, n):
+    for p, t, s in list(zip(prompts, texts, scores))[:n]:
+        print(f"--- gold {s:+.2f}{p}{t}")
+
+
+def batch_at(n, batch_size, k, seed):
+    """
+    Indices of the k-th batch of a run: epochs of a shuffle seeded by (seed, epoch), last partial batch dropped.
+    A function of k alone, so a resumed run reads exactly the batches the interrupted one would have.
+    """
+    per_epoch = max(1, n // batch_size)
+    epoch, j = divmod(k, per_epoch)
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100003 + epoch))
+    return perm[j * batch_size:(j + 1) * batch_size].tolist()

@@ -1,0 +1,217 @@
+"""
+Stage 1, supervised fine-tuning: the model learns to imitate demonstrations.
+
+The loss is next-token cross-entropy on the response tokens and their end-of-text only: the prompt is
+context, not something the assistant should learn to say. With no arguments it trains a small GPT from
+scratch on the built-in task; by flags, on any JSONL of {prompt, response}, from GPT-2 weights or from one
+of our checkpoints.
+
+    python sft.py
+    python sft.py --init_from gpt2 --train_file my.jsonl --val_file my_val.jsonl --device cuda
+"""
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from common import (MetricsLog, batch_at, builtin_task_paths, check_finite, decode_responses, encode_prompts, fit_to_context, gold_eval,
+                    load_checkpoint, load_policy, lr_at, pad, parse_config, print_config, print_samples, read_jsonl,
+                    resume_config, rng_state, sample, save_checkpoint, set_rng_state, setup_runtime)
+from model import GPT, GPTConfig
+from tokenizer import load_tokenizer, render
+
+
+@dataclass
+class Config:
+    train_file: str = ""  # JSONL of {prompt, response}; empty: the built-in task
+    val_file: str = ""  # held-out JSONL of {prompt, response}; empty: the built-in task's
+    eval_prompts: str = ""  # JSONL of {prompt} to sample from at the end; empty: the built-in task's held-out prompts
+    init_from: str = "scratch"  # scratch, a GPT-2 name or Hugging Face directory (gpt2, gpt2-medium, ...), or a .pt checkpoint of ours
+    tokenizer: str = ""  # gpt2 or a BPE file; empty: the built-in task's BPE from scratch, else the initial model's
+    out_dir: str = "out/sft"  # where ckpt.pt and metrics.jsonl go
+    n_layer: int = 4  # from scratch only: transformer blocks
+    n_head: int = 4  # from scratch only: attention heads
+    n_embd: int = 128  # from scratch only: width
+    block_size: int = 128  # longest sequence in tokens; longer examples are truncated (see common.fit_to_context)
+    dropout: float = 0.0  # from scratch only: dropout during SFT (later stages always run without)
+    batch_size: int = 32  # sequences per micro-batch
+    grad_accum: int = 1  # micro-batches per optimizer step
+    max_steps: int = 600  # optimizer steps
+    lr: float = 2e-3  # peak learning rate
+    warmup_steps: int = 30  # linear warmup steps
+    weight_decay: float = 0.1  # AdamW weight decay, on matrices only
+    grad_clip: float = 1.0  # clip the gradient norm to this
+    eval_interval: int = 200  # validation loss every this many steps
+    ckpt_interval: int = 200  # checkpoint every this many steps (and at the end)
+    n_eval: int = 256  # held-out prompts sampled at the end
+    max_new_tokens: int = 64  # response length limit when sampling
+    temperature: float = 1.0  # sampling temperature at the end
+    device: str = "auto"  # auto, cpu, cuda, cuda:N
+    dtype: str = "auto"  # auto (bf16 or fp16 on CUDA, fp32 on CPU), float32, bfloat16, float16
+    compile: bool = False  # torch.compile the model for training
+    seed: int = 0  # seed of initialisation, data order and sampling
+    resume: bool = False  # continue the run in out_dir from its checkpoint
+
+
+def sft_loss(logits, ids, loss_mask):
+    """Mean cross-entropy of predicting ids[t+1] from position t, over the tokens where loss_mask[t+1] is 1."""
+    targets, weights = ids[:, 1:], loss_mask[:, 1:].float()
+    ce = F.cross_entropy(logits[:, :-1].float().flatten(0, 1), targets.flatten(), reduction="none")
+    return (ce * weights.flatten()).sum() / weights.sum().clamp(min=1)
+
+
+def load_examples(path, enc, max_len):
+    """Rendered (ids, loss mask) pairs of a {prompt, response} file; reports how many were truncated."""
+    examples, truncated = [], 0
+    for rec in read_jsonl(path, ("prompt", "response")):
+        ids, mask, cut = fit_to_context(*render(enc, rec["prompt"], rec["response"]), max_len)
+        examples.append((ids, mask))
+        truncated += cut
+    print(f"{path}: {len(examples)} examples, {truncated} truncated to {max_len} tokens")
+    return examples
+
+
+def collate(examples, pad_id, device):
+    # right padding: causal attention never lets a real token see the padding after it, so no mask is needed
+    ids, _ = pad([e[0] for e in examples], pad_id)
+    loss_mask, _ = pad([e[1] for e in examples], 0)
+    return ids.to(device), loss_mask.to(device)
+
+
+@torch.no_grad()
+def val_loss(model, examples, cfg, rt, pad_id):
+    model.eval()
+    total, n = 0.0, 0
+    for i in range(0, len(examples), cfg.batch_size):
+        ids, loss_mask = collate(examples[i:i + cfg.batch_size], pad_id, rt.device)
+        with rt.autocast():
+            logits = model(ids)
+        tokens = loss_mask[:, 1:].sum().item()
+        total += sft_loss(logits, ids, loss_mask).item() * tokens
+        n += tokens
+    model.train()
+    return total / n
+
+
+def main(argv=None):
+    cfg, given = parse_config(Config, argv)
+    ckpt_path = Path(cfg.out_dir) / "ckpt.pt"
+    resumed = load_checkpoint(ckpt_path) if cfg.resume else None
+    if resumed:
+        cfg = resume_config(Config, cfg, given, resumed)
+    print("sft config:")
+    print_config(cfg)
+    rt = setup_runtime(cfg.device, cfg.dtype, cfg.seed)
+
+    builtin = not cfg.train_file
+    if builtin:
+        data_dir, builtin_tokenizer = builtin_task_paths()
+        cfg_files = (f"{data_dir}/sft_train.jsonl", f"{data_dir}/sft_val.jsonl", f"{data_dir}/eval_prompts.jsonl")
+    else:
+        builtin_tokenizer = "gpt2"
+        cfg_files = (cfg.train_file, cfg.val_file, cfg.eval_prompts)
+    train_file, val_file, prompts_file = cfg_files
+    if not builtin and not (cfg.val_file and cfg.eval_prompts):
+        raise SystemExit("with --train_file, also give --val_file and --eval_prompts")
+
+    # the initial model and its tokenizer
+    if cfg.init_from == "scratch":
+        tokenizer_spec = cfg.tokenizer or builtin_tokenizer
+        enc = load_tokenizer(tokenizer_spec)
+        model = GPT(GPTConfig(block_size=cfg.block_size, vocab_size=enc.n_vocab, n_layer=cfg.n_layer,
+                              n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=cfg.dropout))
+    elif cfg.init_from.endswith(".pt"):
+        model, tokenizer_spec, _ = load_policy(cfg.init_from)
+        enc = load_tokenizer(tokenizer_spec)
+    else:
+        model = GPT.from_pretrained(cfg.init_from)
+        tokenizer_spec = cfg.tokenizer or "gpt2"
+        enc = load_tokenizer(tokenizer_spec)
+    if enc.n_vocab > model.config.vocab_size:
+        raise SystemExit(f"tokenizer {tokenizer_spec} has {enc.n_vocab} tokens, the model only {model.config.vocab_size}")
+    model.to(rt.device)
+    print(f"model: {model.num_params() / 1e6:.2f}M parameters, tokenizer {tokenizer_spec} ({enc.n_vocab} tokens)")
+
+    max_len = min(cfg.block_size, model.config.block_size)
+    train = load_examples(train_file, enc, max_len)
+    val = load_examples(val_file, enc, max_len)
+    optimizer = model.configure_optimizers(cfg.weight_decay, cfg.lr, (0.9, 0.95), rt.device.type)
+    step = 0
+    if resumed:
+        model.load_state_dict(resumed["model"])
+        optimizer.load_state_dict(resumed["optimizer"])
+        rt.scaler.load_state_dict(resumed["scaler"])
+        set_rng_state(resumed["rng"])
+        step = resumed["step"]
+        print(f"resumed from {ckpt_path} at step {step}")
+    train_model = torch.compile(model) if cfg.compile else model
+    log = MetricsLog(cfg.out_dir, resume=bool(resumed))
+
+    def checkpoint(step, **extra):
+        save_checkpoint(ckpt_path, {"model": model.state_dict(), "model_config": asdict(model.config),
+                                    "tokenizer": tokenizer_spec, "config": asdict(cfg), "step": step,
+                                    "optimizer": optimizer.state_dict(), "scaler": rt.scaler.state_dict(),
+                                    "rng": rng_state(), **extra})
+
+    model.train()
+    bar = tqdm(range(step, cfg.max_steps), initial=step, total=cfg.max_steps, desc="sft", dynamic_ncols=True)
+    t0, tokens_seen = time.time(), 0
+    for step in bar:
+        lr = lr_at(step, cfg.max_steps, cfg.lr, cfg.warmup_steps)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        loss_sum = 0.0
+        for micro in range(cfg.grad_accum):
+            batch = [train[i] for i in batch_at(len(train), cfg.batch_size, step * cfg.grad_accum + micro, cfg.seed)]
+            ids, loss_mask = collate(batch, enc.eot_token, rt.device)
+            with rt.autocast():
+                loss = sft_loss(train_model(ids), ids, loss_mask) / cfg.grad_accum
+            rt.scaler.scale(loss).backward()
+            loss_sum += loss.item()
+            tokens_seen += ids.numel()
+        check_finite(loss_sum, step, ckpt_path)
+        rt.scaler.unscale_(optimizer)
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        rt.scaler.step(optimizer)
+        rt.scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+
+        done = step + 1
+        metrics = {"loss": loss_sum, "lr": lr, "grad_norm": grad_norm.item(),
+                   "tokens_per_s": tokens_seen / (time.time() - t0)}
+        if done % cfg.eval_interval == 0 or done == cfg.max_steps:
+            metrics["val_loss"] = val_loss(model, val, cfg, rt, enc.eot_token)
+        if rt.device.type == "cuda":
+            metrics["mfu"] = model.estimate_mfu(metrics["tokens_per_s"], max_len)
+        log.log(done, **metrics)
+        bar.set_postfix(loss=f"{loss_sum:.3f}", **({"val": f"{metrics['val_loss']:.3f}"} if "val_loss" in metrics else {}))
+        if done % cfg.ckpt_interval == 0 and done < cfg.max_steps:
+            checkpoint(done)
+    bar.close()
+
+    # what the SFT policy does on prompts it never saw
+    prompts = [r["prompt"] for r in read_jsonl(prompts_file, ("prompt",))][:cfg.n_eval]
+    batches = sample(model, encode_prompts(enc, prompts, max_len - cfg.max_new_tokens), rt, enc.eot_token,
+                     cfg.max_new_tokens, cfg.temperature, 64, cfg.seed)
+    summary = {"val_loss": val_loss(model, val, cfg, rt, enc.eot_token)}
+    if builtin:
+        report, scores, texts = gold_eval(enc, prompts, batches)
+        summary.update(report)
+        print_samples(prompts, texts, scores, 5)
+        print(f"sft on {len(prompts)} held-out prompts: gold {report['gold']:.3f}, ended with end-of-text "
+              f"{report['eot_rate']:.1%}, mean length {report['length']:.1f} tokens")
+    else:
+        for p, t in list(zip(prompts, decode_responses(enc, batches)))[:5]:
+            print(f"---{p}{t}")
+    log.log(cfg.max_steps, **{f"final/{k}": v for k, v in summary.items()})
+    checkpoint(cfg.max_steps, summary=summary)
+    print(f"saved {ckpt_path}")
+    return summary
+
+
+if __name__ == "__main__":
+    main()
