@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 
 from model import GPT, GPTConfig, response_mask
@@ -73,6 +74,12 @@ class Runtime:
     device: torch.device
     dtype: torch.dtype  # what autocast computes in; float32 means no autocast
     scaler: torch.amp.GradScaler  # only enabled for float16, whose small range needs loss scaling
+    rank: int = 0  # this process under torchrun (0 otherwise)
+    world_size: int = 1  # processes under torchrun
+
+    @property
+    def master(self):  # the process that prints, logs, evaluates and writes checkpoints
+        return self.rank == 0
 
     def autocast(self):
         if self.dtype == torch.float32:
@@ -81,9 +88,19 @@ class Runtime:
 
 
 def setup_runtime(device="auto", dtype="auto", seed=0):
-    """CUDA when present (bf16 autocast where supported, else fp16 with a gradient scaler; TF32), else CPU fp32."""
+    """
+    CUDA when present (bf16 autocast where supported, else fp16 with a gradient scaler; TF32), else CPU fp32.
+    Under torchrun, joins the process group (NCCL on CUDA, gloo on CPU) and takes the GPU of its local rank.
+    """
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    rank, world_size = 0, 1
+    if "RANK" in os.environ:
+        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+        rank, world_size = dist.get_rank(), dist.get_world_size()
+        if device.startswith("cuda"):
+            device = f"cuda:{os.environ['LOCAL_RANK']}"
+            torch.cuda.set_device(device)
     device = torch.device(device)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -94,7 +111,8 @@ def setup_runtime(device="auto", dtype="auto", seed=0):
         raise ValueError(f"--dtype must be auto, float32, bfloat16 or float16, not {dtype!r}")
     torch.manual_seed(seed)
     random.seed(seed)
-    return Runtime(device, getattr(torch, dtype), torch.amp.GradScaler(device.type, enabled=dtype == "float16"))
+    return Runtime(device, getattr(torch, dtype), torch.amp.GradScaler(device.type, enabled=dtype == "float16"),
+                   rank, world_size)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -240,15 +258,18 @@ def builtin_task_paths(data_dir="out/data", tokenizer_path="out/tokenizer.tiktok
 class MetricsLog:
     """Every logged step as one JSON line in out/<stage>/metrics.jsonl (appended to on --resume)."""
 
-    def __init__(self, out_dir, resume=False):
-        Path(out_dir).mkdir(parents=True, exist_ok=True)
+    def __init__(self, out_dir, resume=False, enabled=True):
         self.path = Path(out_dir) / "metrics.jsonl"
-        if not resume:
-            self.path.write_text("")
+        self.enabled = enabled  # under torchrun only the master process writes
+        if enabled:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if not resume:
+                self.path.write_text("")
 
     def log(self, step, **metrics):
-        with open(self.path, "a") as f:
-            f.write(json.dumps({"step": step, **{k: round(float(v), 6) for k, v in metrics.items()}}) + "\n")
+        if self.enabled:
+            with open(self.path, "a") as f:
+                f.write(json.dumps({"step": step, **{k: round(float(v), 6) for k, v in metrics.items()}}) + "\n")
 
 
 def check_finite(loss, step, ckpt_path):

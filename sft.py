@@ -10,12 +10,15 @@ of our checkpoints.
     python sft.py --init_from gpt2 --train_file my.jsonl --val_file my_val.jsonl --device cuda
 """
 
+import contextlib
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from common import (MetricsLog, batch_at, builtin_task_paths, check_finite, decode_responses, encode_prompts, fit_to_context, gold_eval,
@@ -64,14 +67,14 @@ def sft_loss(logits, ids, loss_mask):
     return (ce * weights.flatten()).sum() / weights.sum().clamp(min=1)
 
 
-def load_examples(path, enc, max_len):
+def load_examples(path, enc, max_len, say=print):
     """Rendered (ids, loss mask) pairs of a {prompt, response} file; reports how many were truncated."""
     examples, truncated = [], 0
     for rec in read_jsonl(path, ("prompt", "response")):
         ids, mask, cut = fit_to_context(*render(enc, rec["prompt"], rec["response"]), max_len)
         examples.append((ids, mask))
         truncated += cut
-    print(f"{path}: {len(examples)} examples, {truncated} truncated to {max_len} tokens")
+    say(f"{path}: {len(examples)} examples, {truncated} truncated to {max_len} tokens")
     return examples
 
 
@@ -103,20 +106,22 @@ def main(argv=None):
     resumed = load_checkpoint(ckpt_path) if cfg.resume else None
     if resumed:
         cfg = resume_config(Config, cfg, given, resumed)
-    print("sft config:")
-    print_config(cfg)
     rt = setup_runtime(cfg.device, cfg.dtype, cfg.seed)
+    say = print if rt.master else lambda *a, **k: None
+    say("sft config:")
+    if rt.master:
+        print_config(cfg)
 
     builtin = not cfg.train_file
     if builtin:
         data_dir, builtin_tokenizer = builtin_task_paths()
-        cfg_files = (f"{data_dir}/sft_train.jsonl", f"{data_dir}/sft_val.jsonl", f"{data_dir}/eval_prompts.jsonl")
+        files = (f"{data_dir}/sft_train.jsonl", f"{data_dir}/sft_val.jsonl", f"{data_dir}/eval_prompts.jsonl")
+    elif not (cfg.val_file and cfg.eval_prompts):
+        raise SystemExit("with --train_file, also give --val_file and --eval_prompts")
     else:
         builtin_tokenizer = "gpt2"
-        cfg_files = (cfg.train_file, cfg.val_file, cfg.eval_prompts)
-    train_file, val_file, prompts_file = cfg_files
-    if not builtin and not (cfg.val_file and cfg.eval_prompts):
-        raise SystemExit("with --train_file, also give --val_file and --eval_prompts")
+        files = (cfg.train_file, cfg.val_file, cfg.eval_prompts)
+    train_file, val_file, prompts_file = files
 
     # the initial model and its tokenizer
     if cfg.init_from == "scratch":
@@ -134,11 +139,11 @@ def main(argv=None):
     if enc.n_vocab > model.config.vocab_size:
         raise SystemExit(f"tokenizer {tokenizer_spec} has {enc.n_vocab} tokens, the model only {model.config.vocab_size}")
     model.to(rt.device)
-    print(f"model: {model.num_params() / 1e6:.2f}M parameters, tokenizer {tokenizer_spec} ({enc.n_vocab} tokens)")
+    say(f"model: {model.num_params() / 1e6:.2f}M parameters, tokenizer {tokenizer_spec} ({enc.n_vocab} tokens)")
 
     max_len = min(cfg.block_size, model.config.block_size)
-    train = load_examples(train_file, enc, max_len)
-    val = load_examples(val_file, enc, max_len)
+    train = load_examples(train_file, enc, max_len, say)
+    val = load_examples(val_file, enc, max_len, say)
     optimizer = model.configure_optimizers(cfg.weight_decay, cfg.lr, (0.9, 0.95), rt.device.type)
     step = 0
     if resumed:
@@ -147,18 +152,22 @@ def main(argv=None):
         rt.scaler.load_state_dict(resumed["scaler"])
         set_rng_state(resumed["rng"])
         step = resumed["step"]
-        print(f"resumed from {ckpt_path} at step {step}")
+        say(f"resumed from {ckpt_path} at step {step}")
     train_model = torch.compile(model) if cfg.compile else model
-    log = MetricsLog(cfg.out_dir, resume=bool(resumed))
+    if rt.world_size > 1:
+        train_model = DDP(train_model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
+    log = MetricsLog(cfg.out_dir, resume=bool(resumed), enabled=rt.master)
 
     def checkpoint(step, **extra):
-        save_checkpoint(ckpt_path, {"model": model.state_dict(), "model_config": asdict(model.config),
-                                    "tokenizer": tokenizer_spec, "config": asdict(cfg), "step": step,
-                                    "optimizer": optimizer.state_dict(), "scaler": rt.scaler.state_dict(),
-                                    "rng": rng_state(), **extra})
+        if rt.master:
+            save_checkpoint(ckpt_path, {"model": model.state_dict(), "model_config": asdict(model.config),
+                                        "tokenizer": tokenizer_spec, "config": asdict(cfg), "step": step,
+                                        "optimizer": optimizer.state_dict(), "scaler": rt.scaler.state_dict(),
+                                        "rng": rng_state(), **extra})
 
     model.train()
-    bar = tqdm(range(step, cfg.max_steps), initial=step, total=cfg.max_steps, desc="sft", dynamic_ncols=True)
+    bar = tqdm(range(step, cfg.max_steps), initial=step, total=cfg.max_steps, desc="sft", dynamic_ncols=True,
+               disable=not rt.master)
     t0, tokens_seen = time.time(), 0
     for step in bar:
         lr = lr_at(step, cfg.max_steps, cfg.lr, cfg.warmup_steps)
@@ -167,12 +176,22 @@ def main(argv=None):
         loss_sum = 0.0
         for micro in range(cfg.grad_accum):
             batch = [train[i] for i in batch_at(len(train), cfg.batch_size, step * cfg.grad_accum + micro, cfg.seed)]
-            ids, loss_mask = collate(batch, enc.eot_token, rt.device)
-            with rt.autocast():
-                loss = sft_loss(train_model(ids), ids, loss_mask) / cfg.grad_accum
-            rt.scaler.scale(loss).backward()
+            # under torchrun each process takes every world_size-th sequence of the same batch, and weighs its
+            # mean by its share of the batch's trained tokens: the averaged gradient is the one-process gradient
+            mine = batch[rt.rank::rt.world_size]
+            share = sum(sum(m[1:]) for _, m in mine) / sum(sum(m[1:]) for _, m in batch)
+            ids, loss_mask = collate(mine, enc.eot_token, rt.device)
+            sync = micro == cfg.grad_accum - 1 or rt.world_size == 1
+            with contextlib.nullcontext() if sync else train_model.no_sync():
+                with rt.autocast():
+                    loss = sft_loss(train_model(ids), ids, loss_mask) * share / cfg.grad_accum
+                rt.scaler.scale(loss * rt.world_size).backward()  # x world_size: DDP averages over processes
             loss_sum += loss.item()
             tokens_seen += ids.numel()
+        if rt.world_size > 1:  # every process must see the same loss, so that all of them stop together
+            loss_sum = torch.tensor(loss_sum, device=rt.device)
+            dist.all_reduce(loss_sum)
+            loss_sum = loss_sum.item()
         check_finite(loss_sum, step, ckpt_path)
         rt.scaler.unscale_(optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -182,16 +201,20 @@ def main(argv=None):
 
         done = step + 1
         metrics = {"loss": loss_sum, "lr": lr, "grad_norm": grad_norm.item(),
-                   "tokens_per_s": tokens_seen / (time.time() - t0)}
+                   "tokens_per_s": tokens_seen * rt.world_size / (time.time() - t0)}
         if done % cfg.eval_interval == 0 or done == cfg.max_steps:
             metrics["val_loss"] = val_loss(model, val, cfg, rt, enc.eot_token)
         if rt.device.type == "cuda":
-            metrics["mfu"] = model.estimate_mfu(metrics["tokens_per_s"], max_len)
+            metrics["mfu"] = model.estimate_mfu(metrics["tokens_per_s"] / rt.world_size, max_len)
         log.log(done, **metrics)
         bar.set_postfix(loss=f"{loss_sum:.3f}", **({"val": f"{metrics['val_loss']:.3f}"} if "val_loss" in metrics else {}))
         if done % cfg.ckpt_interval == 0 and done < cfg.max_steps:
             checkpoint(done)
     bar.close()
+    if rt.world_size > 1:
+        dist.destroy_process_group()
+    if not rt.master:
+        return None
 
     # what the SFT policy does on prompts it never saw
     prompts = [r["prompt"] for r in read_jsonl(prompts_file, ("prompt",))][:cfg.n_eval]

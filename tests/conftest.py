@@ -1,0 +1,5 @@
+import sys
+from pathlib import Path
+
+# the stage scripts live at the top of the repo, not in a package: make them importable under plain `pytest`
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))

@@ -1,0 +1,160 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import common
+import sft
+from common import fit_to_context, parse_config, read_jsonl
+from tokenizer import save_bpe, train_bpe
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_loss_mask_ignores_prompt_tokens():
+    torch.manual_seed(0)
+    ids = torch.randint(0, 20, (2, 8))
+    loss_mask = torch.tensor([[0, 0, 0, 1, 1, 1, 1, 0], [0, 0, 0, 0, 0, 1, 1, 1]])
+    logits = torch.randn(2, 8, 20)
+    base = sft.sft_loss(logits, ids, loss_mask)
+    changed = ids.clone()
+    changed[0, 2] = (ids[0, 2] + 1) % 20  # a prompt token as a target
+    changed[1, 4] = (ids[1, 4] + 1) % 20
+    assert sft.sft_loss(logits, changed, loss_mask) == base
+    changed[0, 5] = (ids[0, 5] + 1) % 20  # a response token as a target
+    assert sft.sft_loss(logits, changed, loss_mask) != base
+    # it is the mean cross-entropy over the masked targets
+    ce = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), ids[:, 1:].flatten(), reduction="none")
+    torch.testing.assert_close(base, ce[loss_mask[:, 1:].flatten().bool()].mean())
+
+
+@pytest.mark.parametrize("line,message", [
+    ("{not json", "not valid JSON"),
+    ('{"prompt": "p"}', "missing field 'response'"),
+    ('{"prompt": "p", "response": 3}', "field 'response' must be a string"),
+    ('{"prompt": "p", "response": "  "}', "field 'response' is empty"),
+    ('["p", "r"]', "expected a JSON object"),
+])
+def test_malformed_jsonl_names_file_and_line(tmp_path, line, message):
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"prompt": "a", "response": "b"}\n\n' + line + "\n")
+    with pytest.raises(ValueError, match=f"bad.jsonl:3: {message}"):
+        read_jsonl(path, ("prompt", "response"))
+
+
+def test_truncation_rule():
+    ids, mask = list(range(10)), [0] * 6 + [1] * 4
+    # the prompt loses tokens from the left first
+    assert fit_to_context(ids, mask, 8) == (list(range(2, 10)), [0] * 4 + [1] * 4, True)
+    # it keeps at least half the context, then the response loses its end
+    assert fit_to_context(ids, mask, 4) == ([4, 5, 6, 7], [0, 0, 1, 1], True)
+    assert fit_to_context(ids, mask, 10) == (ids, mask, False)
+
+
+def test_command_line_from_dataclass(capsys):
+    cfg, given = parse_config(sft.Config, ["--lr", "0.01", "--compile", "--out_dir", "x"])
+    assert (cfg.lr, cfg.compile, cfg.out_dir, cfg.max_steps) == (0.01, True, "x", sft.Config.max_steps)
+    assert given == {"lr", "compile", "out_dir"}
+    with pytest.raises(SystemExit):
+        parse_config(sft.Config, ["--lr", "fast"])
+    assert "invalid float value: 'fast'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parse_config(sft.Config, ["--nonsense", "1"])
+    assert "unrecognized arguments: --nonsense" in capsys.readouterr().err
+
+
+def test_help_lists_every_field():
+    out = subprocess.run([sys.executable, str(ROOT / "sft.py"), "--help"], capture_output=True, text=True).stdout
+    for name in sft.Config.__dataclass_fields__:
+        assert f"--{name}" in out
+    assert "peak learning rate (default: 0.002)" in " ".join(out.split())
+
+
+@pytest.fixture
+def tiny_data(tmp_path):
+    """A small {prompt, response} dataset and a BPE trained on it, in the real file formats."""
+    rows = [{"prompt": f"\n\nHuman: What is {a} plus {b}?\n\nAssistant:", "response": f" {a} plus {b} is {a + b}."}
+            for a in range(12) for b in range(12)]
+    for name, part in (("train", rows[:120]), ("val", rows[120:])):
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in part))
+    (tmp_path / "prompts.jsonl").write_text("".join(json.dumps({"prompt": r["prompt"]}) + "\n" for r in rows[120:]))
+    save_bpe(train_bpe([r["prompt"] + r["response"] for r in rows], 300), tmp_path / "tok.tiktoken")
+    return tmp_path
+
+
+def tiny_args(d, out):
+    return ["--train_file", str(d / "train.jsonl"), "--val_file", str(d / "val.jsonl"), "--eval_prompts",
+            str(d / "prompts.jsonl"), "--tokenizer", str(d / "tok.tiktoken"), "--out_dir", str(d / out),
+            "--n_layer", "1", "--n_embd", "32", "--n_head", "2", "--batch_size", "8", "--max_steps", "8",
+            "--warmup_steps", "2", "--eval_interval", "4", "--ckpt_interval", "4", "--n_eval", "4",
+            "--max_new_tokens", "8", "--dropout", "0.1"]
+
+
+def test_resume_after_interruption_gives_the_same_weights(tiny_data, monkeypatch):
+    sft.main(tiny_args(tiny_data, "straight"))
+    straight = common.load_checkpoint(tiny_data / "straight" / "ckpt.pt")
+
+    real_save = sft.save_checkpoint
+
+    def save_then_crash(path, obj):  # the process dies right after its first checkpoint (step 4 of 8)
+        real_save(path, obj)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sft, "save_checkpoint", save_then_crash)
+    with pytest.raises(KeyboardInterrupt):
+        sft.main(tiny_args(tiny_data, "interrupted"))
+    assert common.load_checkpoint(tiny_data / "interrupted" / "ckpt.pt")["step"] == 4
+    monkeypatch.setattr(sft, "save_checkpoint", real_save)
+    sft.main(["--out_dir", str(tiny_data / "interrupted"), "--resume"])
+    resumed = common.load_checkpoint(tiny_data / "interrupted" / "ckpt.pt")
+
+    assert resumed["step"] == straight["step"] == 8
+    for k, v in straight["model"].items():
+        assert torch.equal(v, resumed["model"][k]), k
+    # metrics.jsonl goes on where it stopped: steps 1..8 once each
+    steps = [json.loads(l)["step"] for l in (tiny_data / "interrupted" / "metrics.jsonl").read_text().splitlines()]
+    assert steps[:8] == list(range(1, 9))
+
+
+def test_non_finite_loss_stops_with_clear_error(tiny_data, monkeypatch):
+    monkeypatch.setattr(sft, "sft_loss", lambda *a: torch.tensor(float("nan"), requires_grad=True))
+    with pytest.raises(FloatingPointError, match="loss is nan at step 0"):
+        sft.main(tiny_args(tiny_data, "nan"))
+
+
+def test_smoke_builtin_task_through_the_command_line(tmp_path):
+    """The default run, shrunk: generates the built-in task and its tokenizer, trains, samples, reports."""
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "sft.py"), "--max_steps", "3", "--n_layer", "1", "--n_embd", "32",
+         "--batch_size", "4", "--n_eval", "4", "--max_new_tokens", "8", "--eval_interval", "3"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "ended with end-of-text" in out.stdout
+    ckpt = common.load_checkpoint(tmp_path / "out" / "sft" / "ckpt.pt")
+    assert ckpt["step"] == 3 and ckpt["config"]["max_steps"] == 3
+    assert set(ckpt["summary"]) >= {"gold", "eot_rate", "length", "val_loss"}
+    assert ckpt["tokenizer"] == "out/tokenizer.tiktoken"
+    assert len((tmp_path / "out" / "sft" / "metrics.jsonl").read_text().splitlines()) == 4
+
+
+def test_two_torchrun_processes_equal_one(tiny_data):
+    """DDP on CPU (gloo): each process takes half of every batch; the weights match a single process."""
+    args = tiny_args(tiny_data, "one") + ["--grad_accum", "2", "--dropout", "0"]  # dropout masks differ per split
+    one = subprocess.run([sys.executable, str(ROOT / "sft.py"), *args], capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0, one.stderr
+    args = tiny_args(tiny_data, "two") + ["--grad_accum", "2", "--dropout", "0"]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          str(ROOT / "sft.py"), *args], capture_output=True, text=True, timeout=300)
+    assert two.returncode == 0, two.stderr
+    a = common.load_checkpoint(tiny_data / "one" / "ckpt.pt")["model"]
+    b = common.load_checkpoint(tiny_data / "two" / "ckpt.pt")["model"]
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-4)
+    # and training did happen: both losses fell alike
+    losses = [[json.loads(l)["loss"] for l in (tiny_data / run / "metrics.jsonl").read_text().splitlines()[:8]]
+              for run in ("one", "two")]
+    assert losses[0][-1] < losses[0][0]
+    assert losses[0] == pytest.approx(losses[1], abs=1e-4)
