@@ -15,6 +15,7 @@ import random
 import re
 import sys
 import time
+import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -235,6 +236,24 @@ def pad(seqs, pad_id, left=False):
 def encode_prompts(enc, prompts, max_len):
     """Prompt token ids, left-truncated to max_len (the end of the dialogue is what must be answered)."""
     return [enc.encode_ordinary(p)[-max_len:] for p in prompts]
+
+
+def download_file(url, target):
+    """Fetch url into target once, through a temporary file, so an interrupted download is never mistaken for one."""
+    target = Path(target)
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(target.name + ".part")
+    print(f"downloading {url}")
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response, open(tmp, "wb") as out:
+            while chunk := response.read(1 << 20):
+                out.write(chunk)
+    except OSError as e:
+        raise RuntimeError(f"could not download {url} ({e}); offline, put the file at {target} by hand") from e
+    os.replace(tmp, target)
+    return target
 
 
 def builtin_task_paths(data_dir="out/data", tokenizer_path="out/tokenizer.tiktoken", vocab_size=2048):

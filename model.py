@@ -11,7 +11,6 @@ import json
 import math
 import os
 import struct
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -331,22 +330,10 @@ def convert_hf_gpt2(hf_state, our_state):
 
 def download_gpt2(name, cache_dir=None):
     """Fetch config.json and model.safetensors of an OpenAI GPT-2 model from the Hugging Face hub, once."""
+    from common import download_file  # here, not at the top: common imports this module
+
     cache_dir = Path(cache_dir or os.environ.get("RLHF_CACHE", Path.home() / ".cache" / "rlhf-from-scratch")) / name
-    cache_dir.mkdir(parents=True, exist_ok=True)
     for file in ("config.json", "model.safetensors"):
-        target = cache_dir / file
-        if target.exists():
-            continue
-        url = f"https://huggingface.co/openai-community/{name}/resolve/main/{file}"
-        print(f"downloading {url}")
-        tmp = target.with_suffix(".part")
-        try:
-            with urllib.request.urlopen(url, timeout=60) as response, open(tmp, "wb") as out:
-                while chunk := response.read(1 << 20):
-                    out.write(chunk)
-        except OSError as e:
-            raise RuntimeError(f"could not download {url} ({e}); offline, put config.json and model.safetensors "
-                               f"of {name} into {cache_dir} by hand") from e
-        os.replace(tmp, target)
+        download_file(f"https://huggingface.co/openai-community/{name}/resolve/main/{file}", cache_dir / file)
     return cache_dir
 

@@ -201,3 +201,28 @@ def test_from_pretrained_names_bad_keys(tmp_path, edit, message):
     write_safetensors(tmp_path / "model.safetensors", state)
     with pytest.raises((KeyError, ValueError), match=message):
         GPT.from_pretrained(str(tmp_path))
+
+
+def test_from_pretrained_by_name_uses_the_download_cache(tmp_path):
+    """GPT.from_pretrained("gpt2") downloads into the cache once; a filled cache needs no network."""
+    model = tiny(6)
+    (tmp_path / "gpt2").mkdir()
+    write_config(tmp_path / "gpt2" / "config.json", model.config)
+    write_safetensors(tmp_path / "gpt2" / "model.safetensors", hf_state(model, ""))
+    loaded = GPT.from_pretrained("gpt2", cache_dir=tmp_path).eval()
+    idx, mask = left_pad(ROWS)
+    torch.testing.assert_close(loaded(idx, mask), model(idx, mask))
+    with pytest.raises(FileNotFoundError, match="neither a checkpoint directory nor one of"):
+        GPT.from_pretrained("gpt3", cache_dir=tmp_path)
+
+
+def test_download_file_is_atomic(tmp_path):
+    from common import download_file
+
+    src = tmp_path / "src.bin"
+    src.write_bytes(b"x" * 3_000_000)
+    target = download_file(src.as_uri(), tmp_path / "cache" / "model.safetensors")
+    assert target.read_bytes() == src.read_bytes() and not list((tmp_path / "cache").glob("*.part"))
+    with pytest.raises(RuntimeError, match="put the file at"):
+        download_file((tmp_path / "missing").as_uri(), tmp_path / "cache" / "other")
+    assert not (tmp_path / "cache" / "other").exists()

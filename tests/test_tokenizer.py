@@ -52,3 +52,14 @@ def test_special_token_text_in_user_input_stays_text(enc):
 
 def test_training_is_deterministic():
     assert train_bpe(TEXTS, 300) == train_bpe(TEXTS, 300)
+
+
+def test_gpt2_offline_says_how_to_seed_the_cache(monkeypatch):
+    import tiktoken
+
+    def offline(name):
+        raise ConnectionError("no network")
+
+    monkeypatch.setattr(tiktoken, "get_encoding", offline)
+    with pytest.raises(RuntimeError, match="TIKTOKEN_CACHE_DIR"):
+        load_tokenizer("gpt2")
