@@ -51,7 +51,7 @@ def parse_config(cls, argv=None):
                                      argument_default=argparse.SUPPRESS)
     for f in dataclasses.fields(cls):
         assert f.name in docs, f"{cls.__name__}.{f.name} needs a trailing comment: it is the --help text"
-        help = f"{docs[f.name]} (default: {f.default!r})"
+        help = f"{docs[f.name]} (default: {f.default!r})".replace("%", "%%")  # argparse formats help with %
         if f.type is bool:
             parser.add_argument(f"--{f.name}", action=argparse.BooleanOptionalAction, help=help)
         else:
@@ -267,7 +267,7 @@ def builtin_task_paths(data_dir="out/data", tokenizer_path="out/tokenizer.tiktok
         texts = [r["prompt"] + r["response"] for r in read_jsonl(Path(data_dir) / "sft_train.jsonl", ("prompt", "response"))]
         save_bpe(train_bpe(texts, vocab_size), tokenizer_path)
         print(f"trained a {vocab_size}-token BPE on the built-in task in {time.time() - t0:.1f}s: {tokenizer_path}")
-    return data_dir, tokenizer_path
+    return data_dir, str(Path(tokenizer_path).resolve())  # absolute: checkpoints name it, and may be used elsewhere
 
 
 # ----------------------------------------------------------------------------------------------------------

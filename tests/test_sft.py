@@ -136,7 +136,7 @@ def test_smoke_builtin_task_through_the_command_line(tmp_path):
     ckpt = common.load_checkpoint(tmp_path / "out" / "sft" / "ckpt.pt")
     assert ckpt["step"] == 3 and ckpt["config"]["max_steps"] == 3
     assert set(ckpt["summary"]) >= {"gold", "eot_rate", "length", "val_loss"}
-    assert ckpt["tokenizer"] == "out/tokenizer.tiktoken"
+    assert ckpt["tokenizer"] == str(tmp_path / "out" / "tokenizer.tiktoken")
     assert len((tmp_path / "out" / "sft" / "metrics.jsonl").read_text().splitlines()) == 4
 
 

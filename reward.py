@@ -1,0 +1,276 @@
+"""
+Stage 2, reward modelling: learn a scalar score from pairs where raters preferred one response.
+
+The reward model is the SFT transformer with its language-model head swapped for a scalar head, read at
+the end-of-text token that closes the response: the only position that has seen the whole response.
+It is trained with the Bradley-Terry loss, P(chosen beats rejected) = sigmoid(r_chosen - r_rejected).
+At the end the reward is shifted so that the SFT policy's own samples score 0 on average, which is where
+PPO starts from. With no arguments it trains on the built-in task; by flags, on any JSONL of
+{prompt, chosen, rejected}.
+
+    python reward.py
+    python reward.py --train_file pairs.jsonl --val_file pairs_val.jsonl --prompts_file prompts.jsonl
+"""
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from common import (MetricsLog, batch_at, builtin_task_paths, check_finite, encode_prompts, fit_to_context,
+                    load_checkpoint, load_policy, lr_at, pad, parse_config, print_config, read_jsonl, resume_config,
+                    rng_state, sample, save_checkpoint, set_rng_state, setup_runtime)
+from model import GPT, GPTConfig, ScalarHead
+from tokenizer import EOT, load_tokenizer, render
+
+
+@dataclass
+class Config:
+    sft_ckpt: str = "out/sft/ckpt.pt"  # the SFT checkpoint the reward model starts from (and whose samples set its zero)
+    train_file: str = ""  # JSONL of {prompt, chosen, rejected}; empty: the built-in task
+    val_file: str = ""  # held-out JSONL of {prompt, chosen, rejected}; empty: the built-in task's
+    prompts_file: str = ""  # JSONL of {prompt} for the normalisation; empty: the built-in task's training prompts
+    out_dir: str = "out/reward"  # where ckpt.pt and metrics.jsonl go
+    batch_size: int = 32  # pairs per step (the forward pass holds twice as many sequences)
+    max_steps: int = 200  # optimizer steps (200 of 32 pairs: two thirds of the built-in task's 10k pairs, each seen once)
+    lr: float = 3e-4  # peak learning rate
+    warmup_steps: int = 20  # linear warmup steps
+    weight_decay: float = 0.0  # AdamW weight decay, on matrices only
+    grad_clip: float = 1.0  # clip the gradient norm to this
+    margin: float = 0.0  # required reward gap: the loss is -log sigmoid(r_chosen - r_rejected - margin)
+    center_coef: float = 0.0  # weight of mean((r_chosen + r_rejected)^2), which keeps rewards near 0 during training
+    eval_interval: int = 100  # validation every this many steps (and at the end, after normalising)
+    ckpt_interval: int = 100  # checkpoint every this many steps (and at the end)
+    n_norm: int = 256  # training prompts the SFT policy answers to set the reward's zero
+    max_new_tokens: int = 64  # response length limit when sampling for the normalisation
+    temperature: float = 1.0  # sampling temperature for the normalisation (PPO's sampling temperature)
+    device: str = "auto"  # auto, cpu, cuda, cuda:N
+    dtype: str = "auto"  # auto (bf16 or fp16 on CUDA, fp32 on CPU), float32, bfloat16, float16
+    compile: bool = False  # torch.compile the model for training
+    seed: int = 0  # seed of the head's initialisation, data order and sampling
+    resume: bool = False  # continue the run in out_dir from its checkpoint
+
+
+class RewardModel(nn.Module):
+    """
+    A GPT trunk and a scalar head. reward = head(hidden state at the last real token) + bias, where bias is
+    the normalisation shift set after training (0 before), stored as a buffer so it travels in the state dict.
+    """
+
+    def __init__(self, config):
+        super().__init__()
+        self.gpt = GPT(config)
+        self.head = ScalarHead(config.n_embd)
+        self.register_buffer("bias", torch.zeros(()))
+
+    def forward(self, ids, mask):
+        """
+        ids, mask: [B, T], mask 1 on real tokens. Padding may be on the left, the right or both (a left-padded
+        prompt followed by a right-padded response); every row is scored as if alone. Returns rewards [B].
+        """
+        hidden = self.gpt.hidden_states(ids, mask)
+        # the last position where the mask is 1: the end-of-text that closes the response
+        last = (mask.long() * torch.arange(ids.size(1), device=ids.device)).argmax(1)
+        return self.head(hidden[torch.arange(ids.size(0), device=ids.device), last]).float() + self.bias
+
+
+def load_reward_model(path="out/reward/ckpt.pt"):
+    """The trained, normalised reward model of a checkpoint and its tokenizer spec."""
+    ckpt = load_checkpoint(path)
+    rm = RewardModel(GPTConfig(**ckpt["model_config"]))
+    rm.load_state_dict(ckpt["model"])
+    return rm, ckpt["tokenizer"]
+
+
+def preference_loss(chosen_rewards, rejected_rewards, margin=0.0, center_coef=0.0):
+    """
+    Bradley-Terry negative log-likelihood of the raters' choices:
+
+        loss = mean(-log sigmoid(r_chosen - r_rejected - margin)) + center_coef * mean((r_chosen + r_rejected)^2)
+
+    margin (a float, or one per pair) asks for a gap of at least that much (Llama 2). Without the centering
+    term only differences of rewards matter, so their common level drifts freely; the term pins it near 0.
+    """
+    loss = -F.logsigmoid(chosen_rewards - rejected_rewards - margin).mean()
+    return loss + center_coef * ((chosen_rewards + rejected_rewards) ** 2).mean()
+
+
+def load_pairs(path, enc, max_len):
+    """The records of a {prompt, chosen, rejected} file and their rendered (chosen ids, rejected ids)."""
+    records = read_jsonl(path, ("prompt", "chosen", "rejected"))
+    pairs, truncated = [], 0
+    for rec in records:
+        chosen, _, cut_c = fit_to_context(*render(enc, rec["prompt"], rec["chosen"]), max_len)
+        rejected, _, cut_r = fit_to_context(*render(enc, rec["prompt"], rec["rejected"]), max_len)
+        pairs.append((chosen, rejected))
+        truncated += cut_c or cut_r
+    print(f"{path}: {len(pairs)} pairs, {truncated} truncated to {max_len} tokens")
+    return records, pairs
+
+
+def collate(pairs, pad_id, device):
+    """The chosen rows, then the rejected rows, right-padded into one batch: one forward pass scores both."""
+    ids, mask = pad([c for c, _ in pairs] + [r for _, r in pairs], pad_id)
+    return ids.to(device), mask.to(device)
+
+
+@torch.no_grad()
+def evaluate(rm, pairs, cfg, rt, pad_id, gold=None):
+    """
+    Held-out loss, accuracy (the reward ranks the raters' choice first), mean and spread of all rewards and the
+    mean chosen - rejected margin. gold: per pair, +1 where the gold judge prefers the chosen response, -1 the
+    rejected, 0 a tie (half credit, as in the raters' ceiling).
+    """
+    chosen, rejected = [], []
+    for i in range(0, len(pairs), cfg.batch_size):
+        ids, mask = collate(pairs[i:i + cfg.batch_size], pad_id, rt.device)
+        with rt.autocast():
+            c, r = rm(ids, mask).cpu().chunk(2)
+        chosen.append(c)
+        rejected.append(r)
+    c, r = torch.cat(chosen), torch.cat(rejected)
+    both = torch.cat([c, r])
+    metrics = {"val_loss": preference_loss(c, r, cfg.margin, cfg.center_coef).item(),
+               "val_accuracy": (c > r).float().mean().item(), "val_reward_mean": both.mean().item(),
+               "val_reward_std": both.std().item(), "val_margin": (c - r).mean().item()}
+    if gold is not None:
+        metrics["val_gold_agreement"] = torch.where(gold == 0, 0.5, (torch.sign(c - r) == gold).float()).mean().item()
+    return metrics
+
+
+@torch.no_grad()
+def normalise(rm, policy, enc, prompts, cfg, rt):
+    """
+    Set rm.bias so that the SFT policy's own samples score 0 on average: PPO starts from this policy, so its
+    rewards start centred, whatever level training happened to leave them at. Returns the samples' raw rewards.
+    """
+    max_len = policy.config.block_size
+    batches = sample(policy, encode_prompts(enc, prompts, max_len - cfg.max_new_tokens), rt, enc.eot_token,
+                     cfg.max_new_tokens, cfg.temperature, 64, cfg.seed)
+    rm.bias.zero_()
+    raw = []
+    for p, pm, tokens, tm in batches:
+        with rt.autocast():  # left-padded prompt, right-padded response: exactly what PPO will hand over
+            raw.append(rm(torch.cat([p, tokens], 1), torch.cat([pm, tm], 1)).cpu())
+    raw = torch.cat(raw)
+    rm.bias.fill_(-raw.mean().item())
+    return raw
+
+
+def main(argv=None):
+    cfg, given = parse_config(Config, argv)
+    ckpt_path = Path(cfg.out_dir) / "ckpt.pt"
+    resumed = load_checkpoint(ckpt_path) if cfg.resume else None
+    if resumed:
+        cfg = resume_config(Config, cfg, given, resumed)
+    print("reward config:")
+    print_config(cfg)
+    rt = setup_runtime(cfg.device, cfg.dtype, cfg.seed)
+
+    builtin = not cfg.train_file
+    if builtin:
+        data_dir, _ = builtin_task_paths()
+        train_file, val_file = f"{data_dir}/prefs_train.jsonl", f"{data_dir}/prefs_val.jsonl"
+        prompts_file = f"{data_dir}/prompts_train.jsonl"
+    else:
+        if not (cfg.val_file and cfg.prompts_file):
+            raise SystemExit("with --train_file, also give --val_file and --prompts_file")
+        train_file, val_file, prompts_file = cfg.train_file, cfg.val_file, cfg.prompts_file
+
+    # the SFT model twice: a frozen policy to sample from, and the trunk of the reward model.
+    # Dropout off: a reward must be a deterministic function of the text.
+    policy, tokenizer_spec, sft = load_policy(cfg.sft_ckpt)
+    enc = load_tokenizer(tokenizer_spec)
+    rm = RewardModel(GPTConfig(**{**sft["model_config"], "dropout": 0.0}))
+    rm.gpt.load_state_dict(sft["model"])
+    policy.to(rt.device)
+    rm.to(rt.device)
+    print(f"reward model: {sum(p.numel() for p in rm.parameters()) / 1e6:.2f}M parameters from {cfg.sft_ckpt}")
+
+    max_len = rm.gpt.config.block_size
+    _, train = load_pairs(train_file, enc, max_len)
+    val_records, val = load_pairs(val_file, enc, max_len)
+    gold, ceiling = None, None
+    if builtin:
+        from data.world import gold_score
+
+        # the gold judge reads raw decoded text, where a finished response ends in end-of-text
+        gold = torch.tensor([gold_score(v["prompt"], v["chosen"] + EOT) - gold_score(v["prompt"], v["rejected"] + EOT)
+                             for v in val_records]).sign()
+        ceiling = json.loads((Path(data_dir) / "meta.json").read_text())["agreement"]["prefs_val"]
+        print(f"raters' ceiling: the held-out labels agree with the gold judge on {ceiling:.1%} of pairs")
+
+    optimizer = rm.gpt.configure_optimizers(cfg.weight_decay, cfg.lr, (0.9, 0.95), rt.device.type,
+                                            extra_params=rm.head.parameters())
+    step = 0
+    if resumed:
+        rm.load_state_dict(resumed["model"])
+        optimizer.load_state_dict(resumed["optimizer"])
+        rt.scaler.load_state_dict(resumed["scaler"])
+        set_rng_state(resumed["rng"])
+        step = resumed["step"]
+        print(f"resumed from {ckpt_path} at step {step}")
+    train_rm = torch.compile(rm) if cfg.compile else rm
+    log = MetricsLog(cfg.out_dir, resume=bool(resumed))
+
+    def checkpoint(step, **extra):
+        save_checkpoint(ckpt_path, {"model": rm.state_dict(), "model_config": asdict(rm.gpt.config),
+                                    "tokenizer": tokenizer_spec, "config": asdict(cfg), "step": step,
+                                    "optimizer": optimizer.state_dict(), "scaler": rt.scaler.state_dict(),
+                                    "rng": rng_state(), **extra})
+
+    bar = tqdm(range(step, cfg.max_steps), initial=step, total=cfg.max_steps, desc="reward", dynamic_ncols=True)
+    t0, start = time.time(), step
+    for step in bar:
+        lr = lr_at(step, cfg.max_steps, cfg.lr, cfg.warmup_steps)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        batch = [train[i] for i in batch_at(len(train), cfg.batch_size, step, cfg.seed)]
+        ids, mask = collate(batch, enc.eot_token, rt.device)
+        with rt.autocast():
+            chosen, rejected = train_rm(ids, mask).chunk(2)
+            loss = preference_loss(chosen, rejected, cfg.margin, cfg.center_coef)
+        check_finite(loss.item(), step, ckpt_path)
+        rt.scaler.scale(loss).backward()
+        rt.scaler.unscale_(optimizer)
+        grad_norm = torch.nn.utils.clip_grad_norm_(rm.parameters(), cfg.grad_clip)
+        rt.scaler.step(optimizer)
+        rt.scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+
+        done = step + 1
+        metrics = {"loss": loss.item(), "accuracy": (chosen > rejected).float().mean().item(), "lr": lr,
+                   "grad_norm": grad_norm.item(), "pairs_per_s": (done - start) * cfg.batch_size / (time.time() - t0)}
+        if done % cfg.eval_interval == 0 and done < cfg.max_steps:  # the last one comes after normalising
+            metrics.update(evaluate(rm, val, cfg, rt, enc.eot_token, gold))
+        log.log(done, **metrics)
+        bar.set_postfix(loss=f"{metrics['loss']:.3f}", **({"val_acc": f"{metrics['val_accuracy']:.3f}"}
+                                                          if "val_accuracy" in metrics else {}))
+        if done % cfg.ckpt_interval == 0 and done < cfg.max_steps:
+            checkpoint(done)
+    bar.close()
+
+    prompts = [r["prompt"] for r in read_jsonl(prompts_file, ("prompt",))][:cfg.n_norm]
+    raw = normalise(rm, policy, enc, prompts, cfg, rt)
+    summary = {**evaluate(rm, val, cfg, rt, enc.eot_token, gold), "norm_bias": rm.bias.item(),
+               "sft_reward_std": raw.std().item()}
+    print(f"normalised: bias {summary['norm_bias']:+.3f}, so the SFT policy's samples on {len(prompts)} training "
+          f"prompts score mean 0 (std {summary['sft_reward_std']:.3f})")
+    print(f"held-out pairs: accuracy {summary['val_accuracy']:.1%}, loss {summary['val_loss']:.3f}, "
+          f"margin {summary['val_margin']:.3f}, rewards {summary['val_reward_mean']:+.3f} ± {summary['val_reward_std']:.3f}")
+    if builtin:
+        summary["raters_ceiling"] = ceiling
+        print(f"agreement with the gold judge {summary['val_gold_agreement']:.1%}; the raters' own: {ceiling:.1%}")
+    log.log(cfg.max_steps, **{f"final/{k}": v for k, v in summary.items()})
+    checkpoint(cfg.max_steps, summary=summary)
+    print(f"saved {ckpt_path}")
+    return summary
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,166 @@
+import json
+import math
+import os
+import subprocess
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest
+import torch
+
+import common
+import reward
+from common import load_policy, pad, sample, save_checkpoint, setup_runtime
+from model import GPT, GPTConfig
+from reward import RewardModel, collate, load_reward_model, preference_loss
+from tokenizer import load_tokenizer, save_bpe, train_bpe
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_preference_loss_known_values():
+    zero = torch.zeros(5)
+    assert preference_loss(zero, zero).item() == pytest.approx(math.log(2))
+    assert preference_loss(torch.tensor([1.0]), torch.tensor([0.0])).item() == pytest.approx(0.313262, abs=1e-6)
+    torch.manual_seed(0)
+    c, r = torch.randn(8), torch.randn(8)
+    # only the difference matters...
+    torch.testing.assert_close(preference_loss(c + 3.7, r + 3.7), preference_loss(c, r))
+    # ...a margin asks for that much more of it, one for all pairs or one per pair...
+    torch.testing.assert_close(preference_loss(c, r, margin=0.5), preference_loss(c - 0.5, r))
+    m = torch.rand(8)
+    torch.testing.assert_close(preference_loss(c, r, margin=m), preference_loss(c - m, r))
+    # ...and the centering term penalises the common level
+    torch.testing.assert_close(preference_loss(c, r, center_coef=0.1), preference_loss(c, r) + 0.1 * ((c + r) ** 2).mean())
+
+
+def test_gradient_raises_chosen_and_lowers_rejected():
+    c, r = torch.zeros(3, requires_grad=True), torch.zeros(3, requires_grad=True)
+    preference_loss(c, r).backward()
+    assert (c.grad < 0).all() and (r.grad > 0).all()
+    torch.testing.assert_close(c.grad, torch.full((3,), -0.5 / 3))  # -sigmoid(0) / N
+
+
+EOT_ID = 49
+PAIRS = [([5, 6, 7, 8, 9, EOT_ID], [5, 6, EOT_ID]),
+         ([10, 11, EOT_ID], [10, 11, 12, 13, 14, 15, 16, 17, EOT_ID]),
+         ([20, 21, 22, 23, EOT_ID], [20, 21, 22, 23, EOT_ID])]
+
+
+@torch.no_grad()
+def test_reward_is_read_at_end_of_text_whatever_the_padding():
+    torch.manual_seed(0)
+    rm = RewardModel(GPTConfig(block_size=32, vocab_size=50, n_layer=2, n_head=2, n_embd=16))
+    rm.bias.fill_(0.25)
+    seqs = [c for c, _ in PAIRS] + [r for _, r in PAIRS]
+    # by hand: the head on the hidden state of each sequence's last token, its end-of-text, plus the bias
+    expected = torch.stack([rm.head(rm.gpt.hidden_states(torch.tensor([s]))[0, -1]) + rm.bias for s in seqs])
+    for s, e in zip(seqs, expected):
+        torch.testing.assert_close(rm(torch.tensor([s]), torch.ones(1, len(s))), e[None])
+    # training's layout: chosen rows then rejected rows, right-padded with end-of-text
+    torch.testing.assert_close(rm(*collate(PAIRS, EOT_ID, "cpu")), expected)
+    # the padding id must not matter, on either side
+    for pad_id, left in ((3, False), (EOT_ID, True), (3, True)):
+        torch.testing.assert_close(rm(*pad(seqs, pad_id, left=left)), expected)
+    # PPO's layout: a left-padded prompt, then a response right-padded after its end-of-text
+    cuts = [1, 2, 3, 1, 2, 3]  # prompts of different lengths
+    prompt, prompt_mask = pad([s[:k] for s, k in zip(seqs, cuts)], 3, left=True)
+    response, response_mask = pad([s[k:] for s, k in zip(seqs, cuts)], EOT_ID)
+    ids, mask = torch.cat([prompt, response], 1), torch.cat([prompt_mask, response_mask], 1)
+    assert (mask[:, 0] == 0).any() and (mask[:, -1] == 0).any()
+    torch.testing.assert_close(rm(ids, mask), expected)
+
+
+@pytest.fixture
+def tiny_task(tmp_path):
+    """Preference pairs in the real file format (the right sum chosen over a wrong one), a BPE, a random 'SFT' model."""
+    prompt = "\n\nHuman: What is {} plus {}?\n\nAssistant:"
+    rows = [{"prompt": prompt.format(a, b), "chosen": f" {a} plus {b} is {a + b}.",
+             "rejected": f" {a} plus {b} is {a + b + 1 + (a * b) % 3}."} for a in range(10) for b in range(10)]
+    for name, part in (("train", rows[:80]), ("val", rows[80:])):
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in part))
+    (tmp_path / "prompts.jsonl").write_text("".join(json.dumps({"prompt": r["prompt"]}) + "\n" for r in rows[:20]))
+    tok = str(tmp_path / "tok.tiktoken")
+    save_bpe(train_bpe([r["prompt"] + r["chosen"] + r["rejected"] for r in rows], 300), tok)
+    torch.manual_seed(0)
+    gpt = GPT(GPTConfig(block_size=64, vocab_size=300, n_layer=1, n_head=2, n_embd=32))
+    save_checkpoint(tmp_path / "sft.pt", {"model": gpt.state_dict(), "model_config": asdict(gpt.config), "tokenizer": tok})
+    return tmp_path
+
+
+def tiny_args(d, out):
+    return ["--sft_ckpt", str(d / "sft.pt"), "--train_file", str(d / "train.jsonl"), "--val_file",
+            str(d / "val.jsonl"), "--prompts_file", str(d / "prompts.jsonl"), "--out_dir", str(d / out),
+            "--batch_size", "8", "--max_steps", "8", "--warmup_steps", "2", "--eval_interval", "4",
+            "--ckpt_interval", "4", "--n_norm", "12", "--max_new_tokens", "8"]
+
+
+def test_normalised_reward_scores_sft_samples_at_mean_zero(tiny_task):
+    summary = reward.main(tiny_args(tiny_task, "rm"))
+    rm, spec = load_reward_model(tiny_task / "rm" / "ckpt.pt")
+    assert rm.bias.item() == summary["norm_bias"] != 0
+    # score the SFT policy's samples again, from the checkpoints alone, the way PPO will
+    policy, _, _ = load_policy(tiny_task / "sft.pt")
+    enc = load_tokenizer(spec)
+    prompts = [json.loads(l)["prompt"] for l in (tiny_task / "prompts.jsonl").read_text().splitlines()][:12]
+    rt = setup_runtime("cpu", "float32", 0)
+    batches = sample(policy, common.encode_prompts(enc, prompts, 64 - 8), rt, enc.eot_token, 8, 1.0, 64, 0)
+    with torch.no_grad():
+        scores = torch.cat([rm(torch.cat([p, t], 1), torch.cat([pm, m], 1)) for p, pm, t, m in batches])
+    assert abs(scores.mean().item()) < 1e-5
+    ckpt = common.load_checkpoint(tiny_task / "rm" / "ckpt.pt")
+    assert set(ckpt) >= {"model", "model_config", "tokenizer", "config", "step", "summary"}
+    assert ckpt["model_config"]["dropout"] == 0.0 and ckpt["step"] == 8
+
+
+def test_resume_after_interruption_gives_the_same_weights(tiny_task, monkeypatch):
+    reward.main(tiny_args(tiny_task, "straight"))
+    straight = common.load_checkpoint(tiny_task / "straight" / "ckpt.pt")
+    real_save = reward.save_checkpoint
+
+    def save_then_crash(path, obj):  # the process dies right after its first checkpoint (step 4 of 8)
+        real_save(path, obj)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(reward, "save_checkpoint", save_then_crash)
+    with pytest.raises(KeyboardInterrupt):
+        reward.main(tiny_args(tiny_task, "interrupted"))
+    monkeypatch.setattr(reward, "save_checkpoint", real_save)
+    reward.main(["--out_dir", str(tiny_task / "interrupted"), "--resume"])
+    resumed = common.load_checkpoint(tiny_task / "interrupted" / "ckpt.pt")
+    for k, v in straight["model"].items():
+        assert torch.equal(v, resumed["model"][k]), k
+    assert resumed["summary"] == straight["summary"]
+
+
+def test_help_lists_every_field():
+    out = subprocess.run([sys.executable, str(ROOT / "reward.py"), "--help"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    for name in reward.Config.__dataclass_fields__:
+        assert f"--{name}" in out.stdout
+
+
+def test_flags_need_all_three_files(tiny_task):
+    with pytest.raises(SystemExit, match="also give --val_file and --prompts_file"):
+        reward.main(["--sft_ckpt", str(tiny_task / "sft.pt"), "--train_file", str(tiny_task / "train.jsonl")])
+
+
+def test_smoke_builtin_task_through_the_command_line(tmp_path):
+    """sft.py then reward.py, shrunk, on the built-in task: gold agreement and the raters' ceiling get reported."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # a tiny model gains nothing from threads, which only contend
+    run = lambda script, *args: subprocess.run([sys.executable, str(ROOT / script), *args], cwd=tmp_path, env=env,
+                                               capture_output=True, text=True, timeout=300)
+    out = run("sft.py", "--max_steps", "3", "--n_layer", "1", "--n_embd", "32", "--batch_size", "4", "--n_eval", "4",
+              "--max_new_tokens", "8")
+    assert out.returncode == 0, out.stderr
+    out = run("reward.py", "--max_steps", "4", "--batch_size", "4", "--eval_interval", "2", "--n_norm", "8",
+              "--max_new_tokens", "8")
+    assert out.returncode == 0, out.stderr
+    assert "agreement with the gold judge" in out.stdout
+    summary = common.load_checkpoint(tmp_path / "out" / "reward" / "ckpt.pt")["summary"]
+    assert set(summary) >= {"val_loss", "val_accuracy", "val_reward_mean", "val_reward_std", "val_margin",
+                            "val_gold_agreement", "raters_ceiling", "norm_bias"}
+    assert 0 < summary["raters_ceiling"] < 1
+    logged = [json.loads(l) for l in (tmp_path / "out" / "reward" / "metrics.jsonl").read_text().splitlines()]
+    assert [l["step"] for l in logged] == [1, 2, 3, 4, 4] and "val_gold_agreement" in logged[1]
