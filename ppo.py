@@ -1,0 +1,393 @@
+"""
+Stage 3, PPO: the SFT policy learns to write responses the reward model scores highly, without drifting
+far from what it was.
+
+Each iteration samples responses to a batch of prompts, scores them with the frozen reward model, and pays
+every token a penalty of beta times its KL to the frozen SFT model (the reference), the score landing on
+the end-of-text token. GAE turns those rewards into advantages for a clipped policy loss; a value head on
+the policy's own trunk learns the returns with a clipped value loss. The details follow OpenAI's
+lm-human-preferences and "The N+ Implementation Details of RLHF with PPO" (Huang et al., 2024).
+
+    python ppo.py
+    python ppo.py --sft_ckpt out/sft/ckpt.pt --reward_ckpt out/reward/ckpt.pt --prompts_file p.jsonl --eval_prompts e.jsonl
+"""
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from common import (MetricsLog, batch_at, builtin_task_paths, check_finite, decode_responses, encode_prompts, frozen,
+                    gold_eval, load_policy, lr_at, pad, parse_config, print_config, print_samples, read_jsonl,
+                    response_logprobs, sample, save_checkpoint, sequence_kl, setup_runtime, token_logprobs, win_rate)
+from model import ScalarHead, response_mask
+from reward import load_reward_model
+from tokenizer import load_tokenizer
+
+
+@dataclass
+class Config:
+    sft_ckpt: str = "out/sft/ckpt.pt"  # the SFT policy: where PPO starts, and the frozen reference
+    reward_ckpt: str = "out/reward/ckpt.pt"  # the trained, normalised reward model
+    prompts_file: str = ""  # JSONL of {prompt} to train on; empty: the built-in task's training prompts
+    eval_prompts: str = ""  # held-out JSONL of {prompt}; empty: the built-in task's (judged by its gold judge too)
+    out_dir: str = "out/ppo"  # where ckpt.pt and metrics.jsonl go
+    iterations: int = 100  # rounds of sampling a rollout batch and updating on it
+    rollout_batch: int = 64  # prompts answered per iteration
+    minibatch: int = 16  # rollouts per gradient step
+    ppo_epochs: int = 4  # passes over each rollout batch
+    lr: float = 3e-5  # peak learning rate of the policy and value head
+    warmup_steps: int = 5  # iterations of linear learning-rate warmup, then cosine decay
+    grad_clip: float = 1.0  # clip the gradient norm to this
+    temperature: float = 1.0  # sampling temperature; every log-prob is of softmax(logits / temperature)
+    max_new_tokens: int = 64  # response length limit; a response that hits it never ended
+    missing_eot_penalty: float = -1.0  # the score of a response that never emits end-of-text (replaces the reward model's)
+    kl_coef: float = 0.05  # beta: weight of the per-token KL penalty to the reference (initial value if adaptive)
+    kl_estimator: str = "k1"  # k1 = log pi - log pi_ref (unbiased), or k3 = (r - 1) - log r, r = pi_ref/pi (never negative)
+    adaptive_kl: bool = False  # adapt beta to keep the KL near kl_target (Ziegler et al. 2019)
+    kl_target: float = 6.0  # adaptive beta: the sequence KL to aim for, in nats
+    kl_horizon: int = 10000  # adaptive beta: episodes over which beta moves by at most ~20%
+    gamma: float = 1.0  # discount: 1, the score at the end counts as much for the first token as the last
+    lam: float = 0.95  # GAE lambda: lower trusts the value head more, less variance, more bias
+    cliprange: float = 0.2  # clip the probability ratio to 1 +- this
+    cliprange_value: float = 0.2  # clip the new values to the old values +- this
+    vf_coef: float = 0.1  # weight of the value loss against the policy loss (they share a trunk)
+    eval_interval: int = 25  # evaluate on the held-out prompts every this many iterations (and at the end)
+    n_eval: int = 256  # held-out prompts per evaluation
+    device: str = "auto"  # auto, cpu, cuda, cuda:N
+    dtype: str = "auto"  # auto (bf16 or fp16 on CUDA, fp32 on CPU), float32, bfloat16, float16
+    seed: int = 0  # seed of the value head, prompt order and sampling
+
+
+class PolicyWithValue(nn.Module):
+    """The policy GPT and a value head on its final hidden states: one trunk, one forward pass, both outputs."""
+
+    def __init__(self, gpt):
+        super().__init__()
+        self.gpt = gpt
+        self.value_head = ScalarHead(gpt.config.n_embd)
+
+    def forward(self, prompt, prompt_mask, response, resp_mask):
+        """
+        Left-padded prompts [B, P] and their responses [B, T]. Returns the logits that predict each response
+        token [B, T, vocab] and the value of the state before it [B, T].
+        """
+        hidden = self.gpt.hidden_states(torch.cat([prompt, response], 1), torch.cat([prompt_mask, resp_mask], 1))
+        hidden = hidden[:, prompt.size(1) - 1:-1]  # position t reads everything before response token t
+        return self.gpt.lm_head(hidden), self.value_head(hidden).float()
+
+
+class AdaptiveKLController:
+    """
+    Ziegler et al. (2019): move beta in proportion to how far the KL is from its target, the error clipped to
+    +-20%, at a rate of n_steps / horizon per update: beta grows when the policy drifts too far, shrinks when not.
+    """
+
+    def __init__(self, init_kl_coef, target, horizon):
+        self.value = init_kl_coef
+        self.target = target
+        self.horizon = horizon
+
+    def update(self, current_kl, n_steps):
+        error = min(max(current_kl / self.target - 1, -0.2), 0.2)
+        self.value *= 1 + error * n_steps / self.horizon
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The math. Tensors are [batch, response time]; mask is 1 on a response's tokens up to and including its
+# first end-of-text, 0 on the padding after it, and everything here keeps the padding out.
+
+
+def masked_mean(x, mask):
+    return (x * mask).sum() / mask.sum()
+
+
+def masked_whiten(values, mask, shift_mean=True):
+    """(x - mean) / std over the real tokens; 0 on padding. shift_mean=False adds the mean back: only rescales."""
+    mean = masked_mean(values, mask)
+    var = masked_mean((values - mean) ** 2, mask)
+    whitened = (values - mean) * torch.rsqrt(var + 1e-8)
+    if not shift_mean:
+        whitened = whitened + mean
+    return whitened * mask
+
+
+def kl_penalty(logprobs, ref_logprobs, estimator="k1"):
+    """
+    Per-token estimate of KL(pi || pi_ref) from tokens sampled from pi (Schulman, "Approximating KL divergence").
+    k1 = log pi - log pi_ref: unbiased, but a single token's can be negative. k3 = (r - 1) - log r with
+    r = pi_ref / pi: also unbiased, never negative, lower variance when the two are close.
+    """
+    log_ratio = logprobs - ref_logprobs
+    if estimator == "k1":
+        return log_ratio
+    if estimator == "k3":
+        return torch.expm1(-log_ratio) + log_ratio
+    raise ValueError(f"kl_estimator must be k1 or k3, not {estimator!r}")
+
+
+def token_rewards(scores, kl, mask, beta):
+    """r_t = -beta * KL_t on every response token, plus the sequence's score on its last one (the end-of-text)."""
+    rewards = -beta * kl * mask
+    last = mask.sum(1).long() - 1
+    rewards[torch.arange(len(scores), device=scores.device), last] += scores
+    return rewards
+
+
+def compute_gae(rewards, values, mask, gamma=1.0, lam=0.95):
+    """
+    Generalised advantage estimation, backwards in time:
+        delta_t = r_t + gamma * V_{t+1} - V_t,    A_t = delta_t + gamma * lam * A_{t+1},    returns_t = A_t + V_t
+    The state after the last real token is terminal (V = 0), which the masking gives for free: padding has
+    no reward and no value, so its advantage stays 0 and bootstraps nothing into the token before it.
+    """
+    rewards, values = rewards * mask, values * mask
+    advantages = torch.zeros_like(rewards)
+    next_advantage = torch.zeros_like(rewards[:, 0])
+    next_value = torch.zeros_like(values[:, 0])
+    for t in reversed(range(rewards.size(1))):
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        next_advantage = delta + gamma * lam * next_advantage
+        advantages[:, t] = next_advantage
+        next_value = values[:, t]
+    advantages = advantages * mask
+    return advantages, advantages + values
+
+
+def ppo_policy_loss(logprobs, old_logprobs, advantages, mask, cliprange):
+    """
+    The clipped surrogate: mean over tokens of max(-A * ratio, -A * clip(ratio, 1 - eps, 1 + eps)), with
+    ratio = pi / pi_old. Where the clipped term wins, the loss is flat in pi: no gradient pushes further.
+    Returns (loss, fraction of tokens where the clip binds).
+    """
+    ratio = torch.exp(logprobs - old_logprobs)
+    unclipped = -advantages * ratio
+    clipped = -advantages * torch.clamp(ratio, 1 - cliprange, 1 + cliprange)
+    loss = masked_mean(torch.max(unclipped, clipped), mask)
+    return loss, masked_mean((clipped > unclipped).float(), mask)
+
+
+def ppo_value_loss(values, old_values, returns, mask, cliprange_value):
+    """
+    0.5 * mean over tokens of max((V - R)^2, (clip(V, V_old - eps, V_old + eps) - R)^2): the value head cannot
+    gain by moving far from where it was when the rollout was made. Returns (loss, fraction where the clip binds).
+    """
+    clipped_values = old_values + torch.clamp(values - old_values, -cliprange_value, cliprange_value)
+    unclipped, clipped = (values - returns) ** 2, (clipped_values - returns) ** 2
+    loss = 0.5 * masked_mean(torch.max(unclipped, clipped), mask)
+    return loss, masked_mean((clipped > unclipped).float(), mask)
+
+
+def explained_variance(values, returns, mask):
+    """1 - Var(returns - values) / Var(returns) over real tokens: 1 is a perfect critic, 0 a constant one."""
+    var = lambda x: masked_mean((x - masked_mean(x, mask)) ** 2, mask)
+    return 1 - var(returns - values) / var(returns)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Rollouts and the update
+
+
+@torch.no_grad()
+def score_responses(reward_model, prompt, prompt_mask, tokens, mask, eot_id, missing_eot_penalty):
+    """The reward model's score, read at each response's end-of-text; a response that never ended gets the penalty."""
+    scores = reward_model(torch.cat([prompt, tokens], 1), torch.cat([prompt_mask, mask], 1)).float()
+    ended = (tokens == eot_id).any(1)
+    return torch.where(ended, scores, missing_eot_penalty)
+
+
+@torch.no_grad()
+def rollout(agent, ref, reward_model, prompt_ids, beta, cfg, rt, eot_id, generator):
+    """
+    Answer a batch of prompts and compute everything the update needs. Returns (batch, stats): batch holds the
+    left-padded prompts, the responses and their mask, the old log-probs and values, whitened advantages and
+    returns, all [B, ...] so that minibatches are rows of it; stats are the per-iteration objective metrics.
+    """
+    prompt, prompt_mask = (t.to(rt.device) for t in pad(prompt_ids, eot_id, left=True))
+    with rt.autocast():
+        tokens, _ = agent.gpt.generate(prompt, prompt_mask, cfg.max_new_tokens, eot_id, cfg.temperature,
+                                       generator=generator)
+    mask = response_mask(tokens, eot_id)
+    # old log-probs come from the very forward pass the update uses, not from generate's cached one: otherwise
+    # rounding differences would make the first ratio differ from 1 before the policy has moved at all
+    with rt.autocast():
+        logits, values = agent(prompt, prompt_mask, tokens, mask)
+        ref_logprobs = response_logprobs(ref, prompt, prompt_mask, tokens, mask, cfg.temperature)
+        scores = score_responses(reward_model, prompt, prompt_mask, tokens, mask, eot_id, cfg.missing_eot_penalty)
+    logprobs = token_logprobs(logits, tokens, cfg.temperature) * mask
+    values = values * mask
+    kl = kl_penalty(logprobs, ref_logprobs, cfg.kl_estimator) * mask
+    rewards = token_rewards(scores, kl, mask, beta)
+    advantages, returns = compute_gae(rewards, values, mask, cfg.gamma, cfg.lam)
+
+    logp = F.log_softmax(logits.float() / cfg.temperature, dim=-1)
+    entropy = -(logp.exp() * logp).sum(-1) * mask
+    ended = (tokens == eot_id).any(1)
+    stats = {"objective/kl": kl.sum(1).mean(), "objective/entropy": entropy.sum(1).mean(),
+             "objective/scores": scores.mean(), "objective/rlhf_reward": rewards.sum(1).mean(),
+             "val/explained_variance": explained_variance(values, returns, mask),
+             "response/length": mask.sum(1).float().mean(), "response/eot_rate": ended.float().mean()}
+    batch = {"prompt": prompt, "prompt_mask": prompt_mask, "tokens": tokens, "mask": mask, "logprobs": logprobs,
+             "values": values, "advantages": masked_whiten(advantages, mask), "returns": returns}
+    return batch, {k: v.item() for k, v in stats.items()}
+
+
+def ppo_update(agent, optimizer, batch, cfg, rt):
+    """ppo_epochs passes over the rollout batch in shuffled minibatches, a clipped gradient step on each. Returns per-step stats."""
+    stats = []
+    for epoch in range(cfg.ppo_epochs):
+        for rows in torch.randperm(batch["tokens"].size(0), device=rt.device).split(cfg.minibatch):
+            mb = {k: v[rows] for k, v in batch.items()}
+            mask = mb["mask"]
+            with rt.autocast():
+                logits, values = agent(mb["prompt"], mb["prompt_mask"], mb["tokens"], mask)
+            logprobs = token_logprobs(logits, mb["tokens"], cfg.temperature) * mask
+            pg_loss, pg_clipfrac = ppo_policy_loss(logprobs, mb["logprobs"], mb["advantages"], mask, cfg.cliprange)
+            vf_loss, vf_clipfrac = ppo_value_loss(values, mb["values"], mb["returns"], mask, cfg.cliprange_value)
+            loss = pg_loss + cfg.vf_coef * vf_loss
+            rt.scaler.scale(loss).backward()
+            rt.scaler.unscale_(optimizer)
+            grad_norm = torch.nn.utils.clip_grad_norm_(agent.parameters(), cfg.grad_clip)
+            rt.scaler.step(optimizer)
+            rt.scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            with torch.no_grad():
+                # 0.5 * E[(log ratio)^2]: how far this step's policy already is from the one that sampled
+                approxkl = 0.5 * masked_mean((logprobs - mb["logprobs"]) ** 2, mask)
+            stats.append({"loss/policy": pg_loss.item(), "loss/value": vf_loss.item(), "policy/approxkl": approxkl.item(),
+                          "policy/clipfrac": pg_clipfrac.item(), "val/clipfrac": vf_clipfrac.item(),
+                          "grad_norm": grad_norm.item()})
+    return stats
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Evaluation on held-out prompts
+
+
+def evaluate(policy, ref, reward_model, enc, prompts, prompt_ids, cfg, rt, builtin, baseline_gold=None):
+    """
+    One sample per held-out prompt, at the training temperature and always the same seed: the reward model's
+    mean score, the sequence KL to the reference, and on the built-in task the gold judge's mean score and the
+    win-rate against the SFT policy's samples (baseline_gold). Returns (report, per-sample scores, texts).
+    """
+    eot_id = enc.eot_token
+    batches = sample(policy, prompt_ids, rt, eot_id, cfg.max_new_tokens, cfg.temperature, 64, cfg.seed)
+    with rt.autocast():
+        rm_scores = torch.cat([score_responses(reward_model, p, pm, t, m, eot_id, cfg.missing_eot_penalty)
+                               for p, pm, t, m in batches])
+    kls = sequence_kl(policy, ref, batches, rt, cfg.temperature)
+    report = {"score": rm_scores.mean().item(), "kl": sum(kls) / len(kls)}
+    if not builtin:
+        return report, None, decode_responses(enc, batches)
+    gold_report, gold, texts = gold_eval(enc, prompts, batches)
+    report.update(gold_report)
+    if baseline_gold is not None:
+        report["win_rate"] = win_rate(gold, baseline_gold)
+    return report, gold, texts
+
+
+def main(argv=None):
+    cfg, _ = parse_config(Config, argv)
+    print("ppo config:")
+    print_config(cfg)
+    if cfg.kl_estimator not in ("k1", "k3"):
+        raise SystemExit(f"--kl_estimator must be k1 or k3, not {cfg.kl_estimator!r}")
+    rt = setup_runtime(cfg.device, cfg.dtype, cfg.seed)
+    ckpt_path = Path(cfg.out_dir) / "ckpt.pt"
+
+    builtin = not cfg.prompts_file
+    if builtin:
+        data_dir, _ = builtin_task_paths()
+        train_file, eval_file = f"{data_dir}/prompts_train.jsonl", f"{data_dir}/eval_prompts.jsonl"
+    elif not cfg.eval_prompts:
+        raise SystemExit("with --prompts_file, also give --eval_prompts")
+    else:
+        train_file, eval_file = cfg.prompts_file, cfg.eval_prompts
+
+    # three models: the policy (trained, with its value head), the reference and the reward model (frozen)
+    policy, tokenizer_spec, _ = load_policy(cfg.sft_ckpt)
+    ref = frozen(load_policy(cfg.sft_ckpt)[0]).to(rt.device)
+    reward_model, rm_tokenizer = load_reward_model(cfg.reward_ckpt)
+    reward_model = frozen(reward_model).to(rt.device)
+    if rm_tokenizer != tokenizer_spec:
+        raise SystemExit(f"the reward model reads tokenizer {rm_tokenizer}, the policy writes {tokenizer_spec}")
+    enc = load_tokenizer(tokenizer_spec)
+    agent = PolicyWithValue(policy).to(rt.device)
+    agent.eval()  # dropout off for good: it would make the log-probs, and so the ratios, noisy
+    print(f"policy: {policy.num_params() / 1e6:.2f}M parameters from {cfg.sft_ckpt}; reward model {cfg.reward_ckpt}")
+
+    max_prompt = policy.config.block_size - cfg.max_new_tokens
+    train_ids = encode_prompts(enc, [r["prompt"] for r in read_jsonl(train_file, ("prompt",))], max_prompt)
+    eval_prompts = [r["prompt"] for r in read_jsonl(eval_file, ("prompt",))][:cfg.n_eval]
+    eval_ids = encode_prompts(enc, eval_prompts, max_prompt)
+    print(f"{len(train_ids)} training prompts from {train_file}, {len(eval_prompts)} held-out from {eval_file}")
+
+    # Adam's eps 1e-5 rather than 1e-8, as in lm-human-preferences: steadier steps on tiny second moments
+    optimizer = torch.optim.Adam(agent.parameters(), lr=cfg.lr, eps=1e-5)
+    kl_ctl = AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon) if cfg.adaptive_kl else None
+    beta = cfg.kl_coef
+    log = MetricsLog(cfg.out_dir)
+    generator = torch.Generator(rt.device).manual_seed(cfg.seed)
+
+    # the SFT policy's samples on the held-out prompts: the baseline of every win-rate
+    sft_report, sft_scores, _ = evaluate(ref, ref, reward_model, enc, eval_prompts, eval_ids, cfg, rt, builtin)
+    print("sft on the held-out prompts: " + ", ".join(f"{k} {v:.3f}" for k, v in sft_report.items()))
+    log.log(0, **{f"eval/sft_{k}": v for k, v in sft_report.items()})
+
+    def checkpoint(step, summary):
+        save_checkpoint(ckpt_path, {"model": agent.gpt.state_dict(), "value_head": agent.value_head.state_dict(),
+                                    "model_config": asdict(agent.gpt.config), "tokenizer": tokenizer_spec,
+                                    "config": asdict(cfg), "step": step, "summary": summary})
+
+    bar = tqdm(range(cfg.iterations), desc="ppo", dynamic_ncols=True)
+    t0 = time.time()
+    for it in bar:
+        lr = lr_at(it, cfg.iterations, cfg.lr, cfg.warmup_steps)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        prompts = [train_ids[i] for i in batch_at(len(train_ids), cfg.rollout_batch, it, cfg.seed)]
+        batch, metrics = rollout(agent, ref, reward_model, prompts, beta, cfg, rt, enc.eot_token, generator)
+        steps = ppo_update(agent, optimizer, batch, cfg, rt)
+        for k in steps[0]:
+            metrics[k] = sum(s[k] for s in steps) / len(steps)
+        check_finite(metrics["loss/policy"] + metrics["loss/value"], it, ckpt_path)
+        metrics.update({"objective/beta": beta, "lr": lr, "iters_per_s": (it + 1) / (time.time() - t0)})
+        if kl_ctl:
+            kl_ctl.update(metrics["objective/kl"], cfg.rollout_batch)
+            beta = kl_ctl.value
+
+        done = it + 1
+        if done % cfg.eval_interval == 0 or done == cfg.iterations:
+            report, scores, texts = evaluate(agent.gpt, ref, reward_model, enc, eval_prompts, eval_ids, cfg, rt,
+                                             builtin, sft_scores if builtin else None)
+            metrics.update({f"eval/{k}": v for k, v in report.items()})
+            bar.write(f"iteration {done}: " + ", ".join(f"{k} {v:.3f}" for k, v in report.items()))
+            if builtin:
+                print_samples(eval_prompts, texts, scores, 2)
+            else:
+                for p, t in list(zip(eval_prompts, texts))[:2]:
+                    print(f"---{p}{t}")
+            checkpoint(done, {**report, **{f"sft_{k}": v for k, v in sft_report.items()}})
+        log.log(done, **metrics)
+        bar.set_postfix(score=f"{metrics['objective/scores']:.2f}", kl=f"{metrics['objective/kl']:.2f}",
+                        len=f"{metrics['response/length']:.0f}", **({"gold": f"{metrics['eval/gold']:.2f}"}
+                                                                    if "eval/gold" in metrics else {}))
+    bar.close()
+
+    summary = {**report, **{f"sft_{k}": v for k, v in sft_report.items()}, "iters_per_s": metrics["iters_per_s"]}
+    log.log(cfg.iterations, **{f"final/{k}": v for k, v in summary.items()})
+    checkpoint(cfg.iterations, summary)
+    if builtin:
+        print(f"on {len(eval_prompts)} held-out prompts: gold {sft_report['gold']:.3f} (sft) -> {report['gold']:.3f} "
+              f"(ppo), gold win-rate against sft {report['win_rate']:.1%}, reward-model score {report['score']:.3f}, "
+              f"KL to sft {report['kl']:.2f} nats")
+    print(f"saved {ckpt_path} ({cfg.iterations / (time.time() - t0):.2f} iterations/s)")
+    return summary
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,227 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import common
+import ppo
+from common import parse_config, setup_runtime
+from model import GPT, GPTConfig
+
+ROOT = Path(__file__).resolve().parent.parent
+
+REWARDS = torch.tensor([[0.1, -0.2, 1.0]])
+VALUES = torch.tensor([[0.5, 0.3, 0.7]])
+
+
+@pytest.mark.parametrize("lam,advantages", [
+    (1.0, [0.4, 0.5, 0.3]),  # Monte Carlo: return minus value
+    (0.95, [0.36075, 0.485, 0.3]),
+    (0.0, [-0.1, 0.2, 0.3]),  # one-step TD errors
+])
+def test_gae_known_values(lam, advantages):
+    adv, returns = ppo.compute_gae(REWARDS, VALUES, torch.ones(1, 3), gamma=1.0, lam=lam)
+    torch.testing.assert_close(adv, torch.tensor([advantages]))
+    torch.testing.assert_close(returns, torch.tensor([advantages]) + VALUES)
+    if lam == 0.95:
+        torch.testing.assert_close(returns, torch.tensor([[0.86075, 0.785, 1.0]]))
+
+
+def test_gae_treats_the_token_after_the_response_as_terminal():
+    # the same three tokens, then padding whose (garbage) reward and value must not leak back
+    rewards = torch.tensor([[0.1, -0.2, 1.0, 5.0, 7.0]])
+    values = torch.tensor([[0.5, 0.3, 0.7, 9.0, 3.0]])
+    mask = torch.tensor([[1, 1, 1, 0, 0]])
+    adv, returns = ppo.compute_gae(rewards, values, mask, gamma=1.0, lam=0.95)
+    torch.testing.assert_close(adv, torch.tensor([[0.36075, 0.485, 0.3, 0.0, 0.0]]))
+    torch.testing.assert_close(returns, torch.tensor([[0.86075, 0.785, 1.0, 0.0, 0.0]]))
+
+
+def test_masked_whiten():
+    torch.manual_seed(0)
+    x = torch.randn(4, 6) * 3 + 2
+    mask = torch.tensor([[1] * 6, [1] * 4 + [0] * 2, [1] * 2 + [0] * 4, [1] + [0] * 5])
+    real = mask.bool()
+    w = ppo.masked_whiten(x, mask)
+    assert (w[~real] == 0).all()
+    torch.testing.assert_close(w[real].mean(), torch.tensor(0.0), atol=1e-6, rtol=0)
+    torch.testing.assert_close(w[real].var(unbiased=False), torch.tensor(1.0), atol=1e-5, rtol=0)
+    # padding values do not change the statistics
+    torch.testing.assert_close(ppo.masked_whiten(torch.where(real, x, 1e6), mask), w)
+    kept = ppo.masked_whiten(x, mask, shift_mean=False)
+    torch.testing.assert_close(kept[real].mean(), x[real].mean())
+    torch.testing.assert_close(kept[real].std(unbiased=False), torch.tensor(1.0), atol=1e-5, rtol=0)
+
+
+def test_policy_loss_has_no_gradient_where_the_clip_binds():
+    ratios = torch.tensor([[1.5, 0.5, 1.5, 0.5, 1.1]])
+    advantages = torch.tensor([[1.0, -1.0, -1.0, 1.0, 1.0]])
+    # clip binds:          yes   yes    no     no    no (inside 1 +- 0.2)
+    logprobs = ratios.log().requires_grad_()
+    loss, clipfrac = ppo.ppo_policy_loss(logprobs, torch.zeros(1, 5), advantages, torch.ones(1, 5), cliprange=0.2)
+    loss.backward()
+    grad = logprobs.grad[0]
+    assert grad[0] == 0 and grad[1] == 0
+    # elsewhere d/dlogp of -A * ratio / n_tokens is -A * ratio / 5
+    torch.testing.assert_close(grad[2:], -advantages[0, 2:] * ratios[0, 2:] / 5)
+    assert clipfrac.item() == pytest.approx(0.4)
+    torch.testing.assert_close(loss, torch.tensor((-1.2 + 0.8 + 1.5 - 0.5 - 1.1) / 5))
+
+
+def test_policy_loss_ignores_padding():
+    logprobs = torch.tensor([[0.1, -0.3, 4.0]])
+    old = torch.tensor([[0.0, 0.0, -4.0]])
+    adv = torch.tensor([[1.0, -1.0, 100.0]])
+    loss, clipfrac = ppo.ppo_policy_loss(logprobs, old, adv, torch.tensor([[1, 1, 0]]), 0.2)
+    full, full_clipfrac = ppo.ppo_policy_loss(logprobs[:, :2], old[:, :2], adv[:, :2], torch.ones(1, 2), 0.2)
+    assert loss == full and clipfrac == full_clipfrac
+
+
+def test_value_loss_known_value():
+    loss, clipfrac = ppo.ppo_value_loss(torch.tensor([[1.0]]), torch.tensor([[0.5]]), torch.tensor([[0.9]]),
+                                        torch.ones(1, 1), cliprange_value=0.2)
+    # V is clipped to 0.7: 0.5 * max((1.0 - 0.9)^2, (0.7 - 0.9)^2) = 0.5 * 0.04
+    assert loss.item() == pytest.approx(0.02)
+    assert clipfrac.item() == 1.0
+
+
+def test_adaptive_kl_controller():
+    for kl, beta in ((8.0, 0.151536), (1.0, 0.148464)):
+        ctl = ppo.AdaptiveKLController(0.15, target=6.0, horizon=10000)
+        ctl.update(kl, n_steps=512)
+        assert ctl.value == pytest.approx(beta, abs=1e-9)
+    ctl = ppo.AdaptiveKLController(0.15, target=6.0, horizon=10000)
+    ctl.update(6.0, n_steps=512)
+    assert ctl.value == pytest.approx(0.15)
+
+
+def test_kl_estimators():
+    logp = torch.tensor([-1.0, -2.0, -0.5])
+    ref = torch.tensor([-1.5, -1.0, -0.5])
+    k1 = ppo.kl_penalty(logp, ref, "k1")
+    k3 = ppo.kl_penalty(logp, ref, "k3")
+    torch.testing.assert_close(k1, logp - ref)
+    r = (ref - logp).exp()
+    torch.testing.assert_close(k3, (r - 1) - r.log())
+    assert (k3 >= 0).all() and k1[1] < 0 and k3[2] == 0
+    with pytest.raises(ValueError, match="k1 or k3"):
+        ppo.kl_penalty(logp, ref, "k2")
+
+
+def test_score_lands_on_the_last_real_token():
+    kl = torch.tensor([[0.5, 0.5, 0.5, 0.5], [0.2, 0.2, 0.2, 0.2]])
+    mask = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1]])
+    rewards = ppo.token_rewards(torch.tensor([3.0, -1.0]), kl * mask, mask, beta=0.1)
+    torch.testing.assert_close(rewards, torch.tensor([[-0.05, 2.95, 0.0, 0.0], [-0.02, -0.02, -0.02, -1.02]]))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# A real rollout and update on a tiny random model
+
+
+EOT = 5
+
+
+def tiny_setup(seed=0):
+    torch.manual_seed(seed)
+    gpt = GPT(GPTConfig(block_size=32, vocab_size=6, n_layer=1, n_head=2, n_embd=16))
+    agent = ppo.PolicyWithValue(gpt).eval()
+    ref = common.frozen(GPT(GPTConfig(block_size=32, vocab_size=6, n_layer=1, n_head=2, n_embd=16)))
+    ref.load_state_dict(gpt.state_dict())
+    cfg = ppo.Config(rollout_batch=8, minibatch=4, ppo_epochs=2, max_new_tokens=10, lr=1e-2, kl_coef=0.1,
+                     missing_eot_penalty=-7.0)
+    prompts = [[1, 2, 3], [4], [2, 2], [3, 1, 4, 1], [1], [0, 1], [4, 3, 2], [2]]
+    return agent, ref, cfg, prompts
+
+def fake_reward_model(ids, mask):
+    return mask.sum(1).float() / 10  # a score that tells rows apart
+
+
+def test_rollout_masks_everything_after_end_of_text():
+    agent, ref, cfg, prompts = tiny_setup()
+    # move the policy away from the reference so that the KL is not zero
+    agent.gpt.lm_head.weight.data += 0.3 * torch.randn_like(agent.gpt.lm_head.weight)
+    rt = setup_runtime("cpu", seed=0)
+    batch, stats = ppo.rollout(agent, ref, fake_reward_model, prompts, 0.1, cfg, rt, EOT, torch.Generator().manual_seed(1))
+    mask = batch["mask"]
+    lengths = mask.sum(1)
+    ended = batch["tokens"][torch.arange(8), lengths - 1] == EOT
+    assert ended.any() and not ended.all() and (mask == 0).any(), "want ended, unended and padded rows"
+    pad = mask == 0
+    for name in ("logprobs", "values", "advantages", "returns"):
+        assert (batch[name][pad] == 0).all(), name
+
+    # recompute the rewards as the rollout did, and check where things land
+    logits, _ = agent(batch["prompt"], batch["prompt_mask"], batch["tokens"], mask)
+    ref_logprobs = common.response_logprobs(ref, batch["prompt"], batch["prompt_mask"], batch["tokens"], mask)
+    kl = ppo.kl_penalty(batch["logprobs"], ref_logprobs) * mask
+    assert (kl[pad] == 0).all() and (kl[mask.bool()] != 0).all()
+    scores = ppo.score_responses(fake_reward_model, batch["prompt"], batch["prompt_mask"], batch["tokens"], mask, EOT,
+                                 cfg.missing_eot_penalty)
+    rm = fake_reward_model(torch.cat([batch["prompt"], batch["tokens"]], 1), torch.cat([batch["prompt_mask"], mask], 1))
+    torch.testing.assert_close(scores, torch.where(ended, rm, -7.0))
+    rewards = ppo.token_rewards(scores, kl, mask, 0.1)
+    assert (rewards[pad] == 0).all()
+    rows = torch.arange(8)
+    torch.testing.assert_close(rewards[rows, lengths - 1], scores - 0.1 * kl[rows, lengths - 1])
+    before = torch.arange(mask.size(1)) < (lengths - 1)[:, None]
+    torch.testing.assert_close(rewards[before], -0.1 * kl[before])
+    torch.testing.assert_close(torch.tensor(stats["objective/rlhf_reward"]), rewards.sum(1).mean())
+    torch.testing.assert_close(torch.tensor(stats["objective/kl"]), kl.sum(1).mean())
+
+
+def test_first_minibatch_ratio_is_exactly_one(monkeypatch):
+    agent, ref, cfg, prompts = tiny_setup(1)
+    rt = setup_runtime("cpu", seed=0)
+    batch, _ = ppo.rollout(agent, ref, fake_reward_model, prompts, 0.1, cfg, rt, EOT, torch.Generator().manual_seed(0))
+    calls, real_loss = [], ppo.ppo_policy_loss
+
+    def recording(logprobs, old_logprobs, *args):
+        calls.append((logprobs.detach().clone(), old_logprobs.clone()))
+        return real_loss(logprobs, old_logprobs, *args)
+
+    monkeypatch.setattr(ppo, "ppo_policy_loss", recording)
+    optimizer = torch.optim.Adam(agent.parameters(), lr=cfg.lr)
+    stats = ppo.ppo_update(agent, optimizer, batch, cfg, rt)
+    assert len(stats) == len(calls) == cfg.ppo_epochs * 8 // cfg.minibatch
+    new, old = calls[0]
+    assert torch.equal(new, old)  # the ratio exp(new - old) is exactly 1
+    assert stats[0]["policy/approxkl"] == 0.0 and stats[0]["policy/clipfrac"] == 0.0
+    assert stats[-1]["policy/approxkl"] > 0  # the later steps do see a policy that has moved
+
+
+def test_command_line_from_dataclass():
+    cfg, given = parse_config(ppo.Config, ["--kl_estimator", "k3", "--adaptive_kl", "--iterations", "3"])
+    assert (cfg.kl_estimator, cfg.adaptive_kl, cfg.iterations) == ("k3", True, 3)
+    assert given == {"kl_estimator", "adaptive_kl", "iterations"}
+
+
+def test_smoke_through_the_command_line(tmp_path):
+    """sft.py, reward.py and ppo.py on the built-in task, each shrunk to seconds, in a fresh directory."""
+    def run(script, *args):
+        out = subprocess.run([sys.executable, str(ROOT / script), *args], cwd=tmp_path, capture_output=True,
+                             text=True, timeout=300)
+        assert out.returncode == 0, out.stderr[-3000:]
+        return out.stdout
+
+    run("sft.py", "--max_steps", "5", "--n_eval", "4", "--out_dir", "sft", "--n_layer", "1", "--n_embd", "32",
+        "--batch_size", "4", "--max_new_tokens", "8")
+    run("reward.py", "--sft_ckpt", "sft/ckpt.pt", "--out_dir", "rm", "--max_steps", "3", "--batch_size", "4",
+        "--n_norm", "4", "--max_new_tokens", "8")
+    stdout = run("ppo.py", "--sft_ckpt", "sft/ckpt.pt", "--reward_ckpt", "rm/ckpt.pt", "--out_dir", "ppo",
+                 "--iterations", "2", "--rollout_batch", "4", "--minibatch", "2", "--ppo_epochs", "1",
+                 "--max_new_tokens", "8", "--n_eval", "4", "--eval_interval", "1", "--adaptive_kl")
+    assert "gold win-rate against sft" in stdout
+    ckpt = common.load_checkpoint(tmp_path / "ppo" / "ckpt.pt")
+    assert ckpt["step"] == 2 and ckpt["config"]["iterations"] == 2
+    assert set(ckpt["summary"]) >= {"gold", "win_rate", "kl", "score", "sft_gold"}
+    policy, _, _ = common.load_policy(tmp_path / "ppo" / "ckpt.pt")  # later stages load it like an SFT model
+    assert set(ckpt["value_head"]) == {"proj.weight", "proj.bias"}
+    lines = [json.loads(l) for l in (tmp_path / "ppo" / "metrics.jsonl").read_text().splitlines()]
+    names = {"objective/kl", "objective/entropy", "objective/scores", "objective/rlhf_reward", "policy/approxkl",
+             "policy/clipfrac", "val/clipfrac", "val/explained_variance", "loss/policy", "loss/value",
+             "response/length", "response/eot_rate", "objective/beta", "eval/gold", "eval/win_rate", "eval/kl"}
+    assert names <= set(lines[1])
