@@ -1,0 +1,285 @@
+"""
+Stage 2b, direct preference optimisation: learn from preference pairs without a reward model or sampling.
+
+DPO (Rafailov et al. 2023) shows that the policy maximising reward minus β·KL to a reference has the
+reward β·log(π/π_ref) up to a per-prompt constant, which cancels between two responses to the same
+prompt. So the Bradley-Terry likelihood of the preferences can be written in the policy itself, and
+fitting it is plain supervised learning on (prompt, chosen, rejected). The reference is the SFT model.
+With no arguments it trains on the built-in task from out/sft/ckpt.pt; by flags, on any JSONL of
+{prompt, chosen, rejected}.
+
+    python dpo.py
+    python dpo.py --train_file prefs.jsonl --val_file prefs_val.jsonl --eval_prompts prompts.jsonl --device cuda
+"""
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from common import (MetricsLog, batch_at, builtin_task_paths, check_finite, decode_responses, encode_prompts, fit_to_context,
+                    frozen, gold_eval, load_checkpoint, load_policy, lr_at, pad, parse_config, print_config, print_samples,
+                    read_jsonl, resume_config, rng_state, sample, save_checkpoint, sequence_kl, set_rng_state, setup_runtime,
+                    token_logprobs, win_rate)
+from tokenizer import load_tokenizer, render
+
+
+@dataclass
+class Config:
+    train_file: str = ""  # JSONL of {prompt, chosen, rejected}; empty: the built-in task
+    val_file: str = ""  # held-out JSONL of {prompt, chosen, rejected}; empty: the built-in task's
+    eval_prompts: str = ""  # JSONL of {prompt} sampled at every evaluation; empty: the built-in task's held-out prompts
+    sft_ckpt: str = "out/sft/ckpt.pt"  # the SFT checkpoint: the initial policy and the reference
+    out_dir: str = "out/dpo"  # where ckpt.pt and metrics.jsonl go
+    loss_type: str = "sigmoid"  # sigmoid (DPO; conservative DPO with label_smoothing), ipo or hinge
+    beta: float = 0.1  # strength of the KL constraint to the reference: the implicit reward is beta * log(pi/pi_ref)
+    label_smoothing: float = 0.0  # sigmoid only: assumed probability that a preference label is flipped
+    recompute_ref: bool = False  # reference log-probs at every step instead of once before training (keeps two models in memory)
+    batch_size: int = 32  # preference pairs per step
+    max_steps: int = 150  # optimizer steps
+    lr: float = 1e-4  # peak learning rate
+    warmup_steps: int = 10  # linear warmup steps
+    grad_clip: float = 1.0  # clip the gradient norm to this
+    eval_interval: int = 50  # held-out evaluation and checkpoint every this many steps (and at the end)
+    n_eval: int = 256  # held-out prompts sampled at every evaluation
+    n_val_pairs: int = 512  # held-out pairs for the implicit-reward accuracy
+    max_new_tokens: int = 64  # response length limit when sampling
+    temperature: float = 1.0  # sampling temperature at evaluation
+    device: str = "auto"  # auto, cpu, cuda, cuda:N
+    dtype: str = "auto"  # auto (bf16 or fp16 on CUDA, fp32 on CPU), float32, bfloat16, float16
+    seed: int = 0  # seed of data order and sampling
+    resume: bool = False  # continue the run in out_dir from its checkpoint
+
+
+def dpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta,
+             loss_type="sigmoid", label_smoothing=0.0):
+    """
+    Per-pair preference losses from sequence log-probs [B]. With the difference of the two log-ratios
+
+        h = (log π(y_w|x) - log π_ref(y_w|x)) - (log π(y_l|x) - log π_ref(y_l|x)),
+
+        sigmoid (DPO):   -(1 - ε) log σ(β h) - ε log σ(-β h)     ε = label_smoothing; ε > 0 is conservative DPO
+        ipo (IPO):       (h - 1/(2β))²                           regress h to a fixed margin instead of pushing it to ∞
+        hinge (SLiC):    max(0, 1 - β h)
+
+    At initialisation (π = π_ref) h = 0, and the sigmoid loss is ln 2 whatever β and ε.
+    Returns (losses, chosen_rewards, rejected_rewards), the rewards being the implicit β (log π - log π_ref), detached.
+    """
+    h = (policy_chosen_logps - ref_chosen_logps) - (policy_rejected_logps - ref_rejected_logps)
+    if loss_type == "sigmoid":
+        losses = -(1 - label_smoothing) * F.logsigmoid(beta * h) - label_smoothing * F.logsigmoid(-beta * h)
+    elif loss_type == "ipo":
+        losses = (h - 1 / (2 * beta)) ** 2
+    elif loss_type == "hinge":
+        losses = torch.relu(1 - beta * h)
+    else:
+        raise ValueError(f"loss_type must be sigmoid, ipo or hinge, not {loss_type!r}")
+    chosen_rewards = beta * (policy_chosen_logps - ref_chosen_logps).detach()
+    rejected_rewards = beta * (policy_rejected_logps - ref_rejected_logps).detach()
+    return losses, chosen_rewards, rejected_rewards
+
+
+def load_pairs(path, enc, max_len):
+    """Rendered (chosen ids, chosen mask, rejected ids, rejected mask) of a {prompt, chosen, rejected} file."""
+    pairs, truncated = [], 0
+    for rec in read_jsonl(path, ("prompt", "chosen", "rejected")):
+        # each side is fitted on its own: a long pair may keep less prompt on one side, but policy and
+        # reference always score the same tokens, so each log-ratio stays consistent
+        c_ids, c_mask, c_cut = fit_to_context(*render(enc, rec["prompt"], rec["chosen"]), max_len)
+        r_ids, r_mask, r_cut = fit_to_context(*render(enc, rec["prompt"], rec["rejected"]), max_len)
+        pairs.append((c_ids, c_mask, r_ids, r_mask))
+        truncated += c_cut or r_cut
+    print(f"{path}: {len(pairs)} pairs, {truncated} truncated to {max_len} tokens")
+    return pairs
+
+
+def collate(pairs, pad_id, device):
+    """The chosen sequences then the rejected ones, in one right-padded batch [2B, T] with its response mask."""
+    # right padding: causal attention never lets a real token see the padding after it, so no mask is needed
+    ids, _ = pad([p[0] for p in pairs] + [p[2] for p in pairs], pad_id)
+    loss_mask, _ = pad([p[1] for p in pairs] + [p[3] for p in pairs], 0)
+    return ids.to(device), loss_mask.to(device)
+
+
+def sequence_logps(model, ids, loss_mask):
+    """log π(response | prompt) per row: the sum of the log-probs of the tokens under loss_mask (response and end-of-text)."""
+    logits = model(ids)[:, :-1]  # position t predicts token t+1
+    return (token_logprobs(logits, ids[:, 1:]) * loss_mask[:, 1:]).sum(1)
+
+
+def pair_logps(model, pairs, pad_id, rt):
+    """(chosen, rejected) sequence log-probs [B] each, from one forward over both."""
+    with rt.autocast():
+        logps = sequence_logps(model, *collate(pairs, pad_id, rt.device))
+    return logps.float().chunk(2)
+
+
+@torch.no_grad()
+def all_pair_logps(model, pairs, pad_id, rt, batch_size):
+    """(chosen, rejected) sequence log-probs [N] of every pair, in order: the reference's are computed once like this."""
+    # batches of pairs of similar length: a batch pads to its longest row, and lengths here vary by 5x
+    order = sorted(range(len(pairs)), key=lambda i: max(len(pairs[i][0]), len(pairs[i][2])))
+    chosen, rejected = torch.empty(len(pairs), device=rt.device), torch.empty(len(pairs), device=rt.device)
+    for j in range(0, len(pairs), batch_size):
+        idx = order[j:j + batch_size]
+        chosen[idx], rejected[idx] = pair_logps(model, [pairs[i] for i in idx], pad_id, rt)
+    return chosen, rejected
+
+
+def main(argv=None):
+    cfg, given = parse_config(Config, argv)
+    ckpt_path = Path(cfg.out_dir) / "ckpt.pt"
+    resumed = load_checkpoint(ckpt_path) if cfg.resume else None
+    if resumed:
+        cfg = resume_config(Config, cfg, given, resumed)
+    print("dpo config:")
+    print_config(cfg)
+    rt = setup_runtime(cfg.device, cfg.dtype, cfg.seed)
+
+    builtin = not cfg.train_file
+    if builtin:
+        data_dir, _ = builtin_task_paths()
+        train_file, val_file, prompts_file = (f"{data_dir}/prefs_train.jsonl", f"{data_dir}/prefs_val.jsonl",
+                                              f"{data_dir}/eval_prompts.jsonl")
+    else:
+        if not (cfg.val_file and cfg.eval_prompts):
+            raise SystemExit("with --train_file, also give --val_file and --eval_prompts")
+        train_file, val_file, prompts_file = cfg.train_file, cfg.val_file, cfg.eval_prompts
+
+    policy, tokenizer_spec, _ = load_policy(cfg.sft_ckpt)
+    policy.to(rt.device)
+    ref = frozen(load_policy(cfg.sft_ckpt)[0]).to(rt.device)
+    enc = load_tokenizer(tokenizer_spec)
+    eot = enc.eot_token
+    max_len = policy.config.block_size
+    print(f"policy and reference from {cfg.sft_ckpt}: {policy.num_params() / 1e6:.2f}M parameters, "
+          f"tokenizer {tokenizer_spec}")
+    train = load_pairs(train_file, enc, max_len)
+    val = load_pairs(val_file, enc, max_len)[:cfg.n_val_pairs]
+    prompts = [r["prompt"] for r in read_jsonl(prompts_file, ("prompt",))][:cfg.n_eval]
+    prompt_ids = encode_prompts(enc, prompts, max_len - cfg.max_new_tokens)
+
+    # everything the reference is needed for that does not change during training, computed once
+    t0 = time.time()
+    ref_val = all_pair_logps(ref, val, eot, rt, 2 * cfg.batch_size)
+    # the SFT policy is the reference: its samples are the baseline of the win-rate. The policy's are drawn
+    # with another seed: shared random numbers would make the two tie more often than independent samples
+    # do, pulling the win-rate toward 1/2.
+    sft_batches = sample(ref, prompt_ids, rt, eot, cfg.max_new_tokens, cfg.temperature, 64, cfg.seed)
+    if builtin:
+        sft_report, sft_scores, _ = gold_eval(enc, prompts, sft_batches)
+        print(f"sft on {len(prompts)} held-out prompts: gold {sft_report['gold']:.3f}")
+    step = resumed["step"] if resumed else 0
+    if not cfg.recompute_ref:
+        # only the pairs this run will visit: a run shorter than an epoch would pay for the rest in vain
+        visited = sorted({i for k in range(step, cfg.max_steps) for i in batch_at(len(train), cfg.batch_size, k, cfg.seed)})
+        ref_train = torch.full((2, len(train)), float("nan"), device=rt.device)
+        ref_train[:, visited] = torch.stack(all_pair_logps(ref, [train[i] for i in visited], eot, rt, 2 * cfg.batch_size))
+        # training then holds one model, not two. The sequence KL at evaluation still needs the reference on
+        # fresh samples: it is reloaded from the checkpoint for each evaluation, when no activations are held.
+        ref = None
+    print(f"reference log-probs and sft samples in {time.time() - t0:.1f}s")
+
+    # decay would pull the weights toward 0, not toward the reference: off
+    optimizer = policy.configure_optimizers(0.0, cfg.lr, (0.9, 0.95), rt.device.type)
+    if resumed:
+        policy.load_state_dict(resumed["model"])
+        optimizer.load_state_dict(resumed["optimizer"])
+        rt.scaler.load_state_dict(resumed["scaler"])
+        set_rng_state(resumed["rng"])
+        print(f"resumed from {ckpt_path} at step {step}")
+    log = MetricsLog(cfg.out_dir, resume=bool(resumed))
+
+    def checkpoint(step, **extra):
+        save_checkpoint(ckpt_path, {"model": policy.state_dict(), "model_config": asdict(policy.config),
+                                    "tokenizer": tokenizer_spec, "config": asdict(cfg), "step": step,
+                                    "optimizer": optimizer.state_dict(), "scaler": rt.scaler.state_dict(),
+                                    "rng": rng_state(), **extra})
+
+    @torch.no_grad()
+    def evaluate():
+        policy.eval()
+        c, r = all_pair_logps(policy, val, eot, rt, 2 * cfg.batch_size)
+        losses, chosen_rewards, rejected_rewards = dpo_loss(c, r, *ref_val, cfg.beta, cfg.loss_type, cfg.label_smoothing)
+        batches = sample(policy, prompt_ids, rt, eot, cfg.max_new_tokens, cfg.temperature, 64, cfg.seed + 1)
+        reference = ref if cfg.recompute_ref else frozen(load_policy(cfg.sft_ckpt)[0]).to(rt.device)
+        kl = sequence_kl(policy, reference, batches, rt, cfg.temperature)
+        report = {"loss": losses.mean().item(), "rewards/accuracies": (chosen_rewards > rejected_rewards).float().mean().item(),
+                  "kl": sum(kl) / len(kl)}
+        if builtin:
+            gold, scores, texts = gold_eval(enc, prompts, batches)
+            report.update(gold, win_rate=win_rate(scores, sft_scores))
+        else:
+            texts, scores = decode_responses(enc, batches), None
+        policy.train()
+        return report, texts, scores
+
+    policy.train()
+    bar = tqdm(range(step, cfg.max_steps), initial=step, total=cfg.max_steps, desc="dpo", dynamic_ncols=True)
+    for step in bar:
+        lr = lr_at(step, cfg.max_steps, cfg.lr, cfg.warmup_steps)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        idx = batch_at(len(train), cfg.batch_size, step, cfg.seed)
+        batch = [train[i] for i in idx]
+        if cfg.recompute_ref:
+            with torch.no_grad():
+                ref_c, ref_r = pair_logps(ref, batch, eot, rt)
+        else:
+            ref_c, ref_r = ref_train[:, idx]
+        policy_c, policy_r = pair_logps(policy, batch, eot, rt)
+        losses, chosen_rewards, rejected_rewards = dpo_loss(policy_c, policy_r, ref_c, ref_r, cfg.beta, cfg.loss_type,
+                                                            cfg.label_smoothing)
+        loss = losses.mean()
+        check_finite(loss.item(), step, ckpt_path)
+        rt.scaler.scale(loss).backward()
+        rt.scaler.unscale_(optimizer)
+        grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip)
+        rt.scaler.step(optimizer)
+        rt.scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+
+        done = step + 1
+        metrics = {"loss": loss.item(), "rewards/chosen": chosen_rewards.mean().item(),
+                   "rewards/rejected": rejected_rewards.mean().item(),
+                   "rewards/margins": (chosen_rewards - rejected_rewards).mean().item(),
+                   "rewards/accuracies": (chosen_rewards > rejected_rewards).float().mean().item(),
+                   "logps/chosen": policy_c.mean().item(), "logps/rejected": policy_r.mean().item(),
+                   "lr": lr, "grad_norm": grad_norm.item()}
+        evaluating = done % cfg.eval_interval == 0 and done < cfg.max_steps  # the last step's evaluation is the summary
+        if evaluating:
+            report, _, _ = evaluate()
+            metrics.update({f"eval/{k}": v for k, v in report.items()})
+            tqdm.write(f"step {done}: " + ", ".join(f"{k} {v:.3f}" for k, v in report.items()))
+        log.log(done, **metrics)
+        if evaluating:
+            checkpoint(done)  # after the log line: a run resumed from here continues metrics.jsonl without a gap
+        bar.set_postfix(loss=f"{metrics['loss']:.3f}", chosen=f"{metrics['rewards/chosen']:+.2f}",
+                        rejected=f"{metrics['rewards/rejected']:+.2f}", margin=f"{metrics['rewards/margins']:.2f}",
+                        acc=f"{metrics['rewards/accuracies']:.2f}", logp_c=f"{metrics['logps/chosen']:.1f}",
+                        logp_r=f"{metrics['logps/rejected']:.1f}")
+    bar.close()
+
+    summary, texts, scores = evaluate()
+    if builtin:
+        summary["sft_gold"] = sft_report["gold"]
+        print_samples(prompts, texts, scores, 5)
+        print(f"dpo on {len(prompts)} held-out prompts: gold {summary['gold']:.3f} (sft {summary['sft_gold']:.3f}), "
+              f"win-rate against sft {summary['win_rate']:.1%}, sequence KL to sft {summary['kl']:.2f} nats; "
+              f"held-out implicit-reward accuracy {summary['rewards/accuracies']:.1%}")
+    else:
+        for p, t in list(zip(prompts, texts))[:5]:
+            print(f"---{p}{t}")
+        print(f"dpo: sequence KL to sft {summary['kl']:.2f} nats, held-out implicit-reward accuracy "
+              f"{summary['rewards/accuracies']:.1%}")
+    log.log(cfg.max_steps, **{f"final/{k}": v for k, v in summary.items()})
+    checkpoint(cfg.max_steps, summary=summary)
+    print(f"saved {ckpt_path}")
+    return summary
+
+
+if __name__ == "__main__":
+    main()

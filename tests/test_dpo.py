@@ -1,0 +1,213 @@
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import dpo
+from common import setup_runtime
+from dpo import all_pair_logps, dpo_loss, pair_logps, sequence_logps
+from model import GPT, GPTConfig
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def with_h(h):
+    """Sequence log-probs whose difference of log-ratios is h (reference log-probs arbitrary)."""
+    ref_c, ref_r = torch.tensor([-7.0]), torch.tensor([-4.0])
+    return ref_c + h, ref_r, ref_c, ref_r
+
+
+@pytest.mark.parametrize("beta", [0.01, 0.1, 0.5, 3.0])
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.1, 0.4])
+def test_loss_is_ln2_when_policy_equals_reference(beta, label_smoothing):
+    logps = torch.randn(2, 6) * 10
+    losses, chosen, rejected = dpo_loss(logps[0], logps[1], logps[0], logps[1], beta, "sigmoid", label_smoothing)
+    torch.testing.assert_close(losses, torch.full((6,), math.log(2)))
+    assert (chosen == 0).all() and (rejected == 0).all()
+
+
+def test_sigmoid_and_conservative_values():
+    losses, _, _ = dpo_loss(*with_h(2.0), beta=0.1)
+    assert losses.item() == pytest.approx(0.598139, abs=1e-6)
+    losses, _, _ = dpo_loss(*with_h(2.0), beta=0.1, label_smoothing=0.1)
+    assert losses.item() == pytest.approx(0.618139, abs=1e-6)
+
+
+@pytest.mark.parametrize("h,expected", [(0.0, 25.0), (2.0, 9.0), (5.0, 0.0)])
+def test_ipo_values(h, expected):
+    losses, _, _ = dpo_loss(*with_h(h), beta=0.1, loss_type="ipo")
+    assert losses.item() == pytest.approx(expected, abs=1e-5)
+
+
+@pytest.mark.parametrize("h,expected", [(0.0, 1.0), (2.0, 0.8), (20.0, 0.0)])
+def test_hinge_values(h, expected):
+    losses, _, _ = dpo_loss(*with_h(h), beta=0.1, loss_type="hinge")
+    assert losses.item() == pytest.approx(expected, abs=1e-6)
+
+
+def test_implicit_rewards_are_detached_log_ratios():
+    policy_c = torch.tensor([-3.0, -5.0], requires_grad=True)
+    policy_r = torch.tensor([-6.0, -2.0], requires_grad=True)
+    ref_c, ref_r = torch.tensor([-4.0, -4.0]), torch.tensor([-4.0, -4.0])
+    losses, chosen, rejected = dpo_loss(policy_c, policy_r, ref_c, ref_r, beta=0.5)
+    torch.testing.assert_close(chosen, torch.tensor([0.5, -0.5]))
+    torch.testing.assert_close(rejected, torch.tensor([-1.0, 1.0]))
+    assert not chosen.requires_grad and not rejected.requires_grad
+    losses.sum().backward()  # DPO raises the chosen and lowers the rejected
+    assert (policy_c.grad < 0).all() and (policy_r.grad > 0).all()
+
+
+def test_unknown_loss_type():
+    with pytest.raises(ValueError, match="loss_type"):
+        dpo_loss(*with_h(1.0), beta=0.1, loss_type="kto")
+
+
+# --- sequence log-probs: response tokens only, padding ignored ---------------------------------------------
+
+EOT = 49
+
+
+def tiny():
+    torch.manual_seed(0)
+    return GPT(GPTConfig(block_size=32, vocab_size=50, n_layer=2, n_head=2, n_embd=16)).eval()
+
+
+def rendered(prompt, response):
+    """What tokenizer.render returns: prompt + response + end-of-text, the mask on the last two parts."""
+    return prompt + response + [EOT], [0] * len(prompt) + [1] * (len(response) + 1)
+
+
+def by_hand(model, ids, mask):
+    """The sum over response positions of log p(ids[t] | ids[:t]), one position at a time."""
+    logp = F.log_softmax(model(torch.tensor([ids]))[0], -1)
+    return sum(logp[t - 1, ids[t]].item() for t in range(1, len(ids)) if mask[t])
+
+
+PAIRS = [(rendered([5, 6, 7], [8, 9]), rendered([5, 6, 7], [10, 11, 12, 13, 14])),
+         (rendered([20, 21, 22, 23, 24, 25, 26], [30]), rendered([20, 21, 22, 23, 24, 25, 26], [31, 32, 33]))]
+
+
+def test_pair_logps_sum_response_tokens_only():  # the prompt's tokens are context, not counted
+    model = tiny()
+    pairs = [(*c, *r) for c, r in PAIRS]
+    chosen, rejected = pair_logps(model, pairs, EOT, setup_runtime("cpu", "float32"))
+    for (c, r), lc, lr in zip(PAIRS, chosen, rejected):
+        assert lc.item() == pytest.approx(by_hand(model, *c), abs=1e-4)
+        assert lr.item() == pytest.approx(by_hand(model, *r), abs=1e-4)
+
+
+def test_all_pair_logps_keeps_the_order_of_the_pairs():
+    model, rt = tiny(), setup_runtime("cpu", "float32")
+    g = torch.Generator().manual_seed(0)
+    tokens = lambda n: torch.randint(0, EOT, (n,), generator=g).tolist()
+    pairs = []
+    for n_prompt, n_chosen, n_rejected in torch.randint(1, 10, (13, 3), generator=g).tolist():
+        prompt = tokens(n_prompt)
+        pairs.append((*rendered(prompt, tokens(n_chosen)), *rendered(prompt, tokens(n_rejected))))
+    chosen, rejected = all_pair_logps(model, pairs, EOT, rt, batch_size=4)  # batched by length inside
+    for pair, lc, lr in zip(pairs, chosen, rejected):
+        one_c, one_r = pair_logps(model, [pair], EOT, rt)
+        torch.testing.assert_close(torch.stack([lc, lr]), torch.cat([one_c, one_r]))
+
+
+def test_padding_does_not_count_and_end_of_text_does():
+    model = tiny()
+    (ids, mask), _ = PAIRS[0]
+    alone = sequence_logps(model, torch.tensor([ids]), torch.tensor([mask]))
+    # padded to a longer row, with two different padding ids: the same log-prob
+    for pad_id in (EOT, 3):
+        padded = torch.tensor([ids + [pad_id] * 6, list(range(1, 13))])
+        pmask = torch.tensor([mask + [0] * 6, [0] * 4 + [1] * 8])
+        torch.testing.assert_close(sequence_logps(model, padded, pmask)[0], alone[0])
+    # the end-of-text counts: dropping it from the mask changes the sum by exactly its log-prob
+    without_eot = sequence_logps(model, torch.tensor([ids]), torch.tensor([mask[:-1] + [0]]))
+    logp = F.log_softmax(model(torch.tensor([ids]))[0], -1)
+    torch.testing.assert_close(alone - without_eot, logp[-2, EOT].reshape(1))
+
+
+# --- the command line, on tiny settings ---------------------------------------------------------------------
+
+
+def run(cwd, script, *args):
+    out = subprocess.run([sys.executable, str(ROOT / script), *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    """A directory where a tiny SFT run wrote the built-in task, its tokenizer and out/sft/ckpt.pt: dpo.py's defaults."""
+    d = tmp_path_factory.mktemp("dpo")
+    run(d, "sft.py", "--max_steps", "3", "--n_layer", "1", "--n_head", "2", "--n_embd", "32", "--batch_size", "4",
+        "--n_eval", "4", "--max_new_tokens", "8", "--eval_interval", "3")
+    return d
+
+
+TINY = ["--max_steps", "4", "--eval_interval", "2", "--batch_size", "4", "--n_eval", "4", "--n_val_pairs", "8",
+        "--max_new_tokens", "8"]
+
+
+def read_metrics(out):
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_smoke_builtin_task(workdir):
+    stdout = run(workdir, "dpo.py", *TINY, "--out_dir", "out/smoke")
+    assert "win-rate against sft" in stdout
+    metrics = read_metrics(workdir / "out" / "smoke")
+    # the first step's loss is computed before any update: the cached reference log-probs line up with their pairs
+    assert metrics[0]["loss"] == pytest.approx(math.log(2), abs=1e-4)
+    assert abs(metrics[0]["rewards/margins"]) < 1e-4
+    for key in ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "logps/chosen", "logps/rejected"):
+        assert key in metrics[0]
+    assert {"eval/rewards/accuracies", "eval/gold", "eval/kl", "eval/win_rate"} <= metrics[1].keys()
+    ckpt = torch.load(workdir / "out" / "smoke" / "ckpt.pt", weights_only=True)
+    assert ckpt["step"] == 4 and ckpt["config"]["beta"] == 0.1
+    assert {"gold", "sft_gold", "win_rate", "kl", "rewards/accuracies"} <= ckpt["summary"].keys()
+    sft = torch.load(workdir / "out" / "sft" / "ckpt.pt", weights_only=True)
+    assert ckpt["model"].keys() == sft["model"].keys() and ckpt["tokenizer"] == sft["tokenizer"]
+
+
+def test_smoke_own_jsonl_recomputing_the_reference(workdir, tmp_path):
+    pairs = [{"prompt": f"\n\nHuman: say {w}\n\nAssistant:", "chosen": f" {w}.", "rejected": " No."}
+             for w in ("yes", "hello", "tea", "blue", "seven", "ok")]
+    for name, recs in (("train", pairs), ("val", pairs[:2]), ("prompts", [{"prompt": p["prompt"]} for p in pairs])):
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    run(workdir, "dpo.py", *TINY, "--out_dir", str(tmp_path / "dpo"), "--train_file", str(tmp_path / "train.jsonl"),
+        "--val_file", str(tmp_path / "val.jsonl"), "--eval_prompts", str(tmp_path / "prompts.jsonl"), "--recompute_ref",
+        "--loss_type", "ipo")
+    metrics = read_metrics(tmp_path / "dpo")
+    assert metrics[0]["loss"] == pytest.approx(25.0, abs=1e-3)  # IPO at h = 0 with beta 0.1
+    assert "eval/kl" in metrics[1] and "eval/win_rate" not in metrics[1]  # no gold judge for a dataset of one's own
+    assert "kl" in torch.load(tmp_path / "dpo" / "ckpt.pt", weights_only=True)["summary"]
+
+
+def test_resume_after_interruption_gives_the_same_weights(workdir, monkeypatch):
+    monkeypatch.chdir(workdir)
+    dpo.main(TINY + ["--out_dir", "out/straight"])
+    straight = torch.load(workdir / "out" / "straight" / "ckpt.pt", weights_only=True)
+
+    real_save = dpo.save_checkpoint
+
+    def save_then_crash(path, obj):  # the process dies right after its first checkpoint (step 2 of 4)
+        real_save(path, obj)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(dpo, "save_checkpoint", save_then_crash)
+    with pytest.raises(KeyboardInterrupt):
+        dpo.main(TINY + ["--out_dir", "out/interrupted"])
+    monkeypatch.setattr(dpo, "save_checkpoint", real_save)
+    dpo.main(["--out_dir", "out/interrupted", "--resume"])
+    resumed = torch.load(workdir / "out" / "interrupted" / "ckpt.pt", weights_only=True)
+
+    assert resumed["step"] == straight["step"] == 4
+    # the resumed run recomputes the reference log-probs of the steps left, batched differently: equal to rounding
+    for k, v in straight["model"].items():
+        torch.testing.assert_close(resumed["model"][k], v, rtol=1e-5, atol=1e-6)
+    steps = [m["step"] for m in read_metrics(workdir / "out" / "interrupted")]
+    assert steps == [1, 2, 3, 4, 4]  # then the final evaluation
