@@ -36,17 +36,17 @@ class Config:
     prompts_file: str = ""  # JSONL of {prompt} to train on; empty: the built-in task's training prompts
     eval_prompts: str = ""  # held-out JSONL of {prompt}; empty: the built-in task's (judged by its gold judge too)
     out_dir: str = "out/ppo"  # where ckpt.pt and metrics.jsonl go
-    iterations: int = 100  # rounds of sampling a rollout batch and updating on it
+    iterations: int = 60  # rounds of sampling a rollout batch and updating on it
     rollout_batch: int = 64  # prompts answered per iteration
     minibatch: int = 16  # rollouts per gradient step
-    ppo_epochs: int = 4  # passes over each rollout batch
-    lr: float = 3e-5  # peak learning rate of the policy and value head
+    ppo_epochs: int = 2  # passes over each rollout batch
+    lr: float = 3e-4  # peak learning rate of the policy and value head
     warmup_steps: int = 5  # iterations of linear learning-rate warmup, then cosine decay
     grad_clip: float = 1.0  # clip the gradient norm to this
     temperature: float = 1.0  # sampling temperature; every log-prob is of softmax(logits / temperature)
     max_new_tokens: int = 64  # response length limit; a response that hits it never ended
     missing_eot_penalty: float = -1.0  # the score of a response that never emits end-of-text (replaces the reward model's)
-    kl_coef: float = 0.05  # beta: weight of the per-token KL penalty to the reference (initial value if adaptive)
+    kl_coef: float = 0.2  # beta, the per-token KL penalty's weight (start value if adaptive); lower lets the policy exploit the reward model more
     kl_estimator: str = "k1"  # k1 = log pi - log pi_ref (unbiased), or k3 = (r - 1) - log r, r = pi_ref/pi (never negative)
     adaptive_kl: bool = False  # adapt beta to keep the KL near kl_target (Ziegler et al. 2019)
     kl_target: float = 6.0  # adaptive beta: the sequence KL to aim for, in nats
@@ -56,7 +56,7 @@ class Config:
     cliprange: float = 0.2  # clip the probability ratio to 1 +- this
     cliprange_value: float = 0.2  # clip the new values to the old values +- this
     vf_coef: float = 0.1  # weight of the value loss against the policy loss (they share a trunk)
-    eval_interval: int = 25  # evaluate on the held-out prompts every this many iterations (and at the end)
+    eval_interval: int = 30  # evaluate on the held-out prompts every this many iterations (and at the end)
     n_eval: int = 256  # held-out prompts per evaluation
     device: str = "auto"  # auto, cpu, cuda, cuda:N
     dtype: str = "auto"  # auto (bf16 or fp16 on CUDA, fp32 on CPU), float32, bfloat16, float16
@@ -363,7 +363,7 @@ def main(argv=None):
         done = it + 1
         if done % cfg.eval_interval == 0 or done == cfg.iterations:
             report, scores, texts = evaluate(agent.gpt, ref, reward_model, enc, eval_prompts, eval_ids, cfg, rt,
-                                             builtin, sft_scores if builtin else None)
+                                             builtin, sft_scores)
             metrics.update({f"eval/{k}": v for k, v in report.items()})
             bar.write(f"iteration {done}: " + ", ".join(f"{k} {v:.3f}" for k, v in report.items()))
             if builtin:
@@ -371,11 +371,15 @@ def main(argv=None):
             else:
                 for p, t in list(zip(eval_prompts, texts))[:2]:
                     print(f"---{p}{t}")
-            checkpoint(done, {**report, **{f"sft_{k}": v for k, v in sft_report.items()}})
+            if done < cfg.iterations:
+                checkpoint(done, {**report, **{f"sft_{k}": v for k, v in sft_report.items()}})
         log.log(done, **metrics)
         bar.set_postfix(score=f"{metrics['objective/scores']:.2f}", kl=f"{metrics['objective/kl']:.2f}",
-                        len=f"{metrics['response/length']:.0f}", **({"gold": f"{metrics['eval/gold']:.2f}"}
-                                                                    if "eval/gold" in metrics else {}))
+                        rlhf_reward=f"{metrics['objective/rlhf_reward']:.2f}",
+                        approxkl=f"{metrics['policy/approxkl']:.4f}", clipfrac=f"{metrics['policy/clipfrac']:.3f}",
+                        ev=f"{metrics['val/explained_variance']:.2f}", len=f"{metrics['response/length']:.0f}",
+                        eot=f"{metrics['response/eot_rate']:.2f}", beta=f"{metrics['objective/beta']:.3f}",
+                        **({"gold": f"{metrics['eval/gold']:.2f}"} if "eval/gold" in metrics else {}))
     bar.close()
 
     summary = {**report, **{f"sft_{k}": v for k, v in sft_report.items()}, "iters_per_s": metrics["iters_per_s"]}
