@@ -46,7 +46,7 @@ class Config:
     temperature: float = 1.0  # sampling temperature; every log-prob is of softmax(logits / temperature)
     max_new_tokens: int = 64  # response length limit; a response that hits it never ended
     missing_eot_penalty: float = -1.0  # the score of a response that never emits end-of-text (replaces the reward model's)
-    kl_coef: float = 0.2  # beta, the per-token KL penalty's weight (start value if adaptive); lower lets the policy exploit the reward model more
+    kl_coef: float = 0.1  # beta, the per-token KL penalty's weight (start value if adaptive); lower lets the policy exploit the reward model more
     kl_estimator: str = "k1"  # k1 = log pi - log pi_ref (unbiased), or k3 = (r - 1) - log r, r = pi_ref/pi (never negative)
     adaptive_kl: bool = False  # adapt beta to keep the KL near kl_target (Ziegler et al. 2019)
     kl_target: float = 6.0  # adaptive beta: the sequence KL to aim for, in nats
