@@ -1,5 +1,5 @@
 """
-Stage 2b, direct preference optimisation: learn from preference pairs without a reward model or sampling.
+Stage 4, direct preference optimisation: learn from preference pairs without a reward model or sampling.
 
 DPO (Rafailov et al. 2023) shows that the policy maximising reward minus β·KL to a reference has the
 reward β·log(π/π_ref) up to a per-prompt constant, which cancels between two responses to the same
@@ -20,10 +20,10 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from common import (MetricsLog, batch_at, builtin_task_paths, check_finite, decode_responses, encode_prompts, fit_to_context,
-                    frozen, gold_eval, load_checkpoint, load_policy, lr_at, pad, parse_config, print_config, print_samples,
-                    read_jsonl, resume_config, rng_state, sample, save_checkpoint, sequence_kl, set_rng_state, setup_runtime,
-                    token_logprobs, win_rate)
+from common import (MetricsLog, batch_at, builtin_task_paths, check_finite, decode_responses, encode_prompts,
+                    fit_to_context, frozen, gold_eval, load_checkpoint, load_policy, lr_at, pad, parse_config,
+                    print_config, print_samples, read_jsonl, resume_config, rng_state, sample, save_checkpoint,
+                    sequence_kl, set_rng_state, setup_runtime, token_logprobs, win_rate)
 from tokenizer import load_tokenizer, render
 
 
@@ -35,12 +35,12 @@ class Config:
     sft_ckpt: str = "out/sft/ckpt.pt"  # the SFT checkpoint: the initial policy and the reference
     out_dir: str = "out/dpo"  # where ckpt.pt and metrics.jsonl go
     loss_type: str = "sigmoid"  # sigmoid (DPO; conservative DPO with label_smoothing), ipo or hinge
-    beta: float = 0.1  # strength of the KL constraint to the reference: the implicit reward is beta * log(pi/pi_ref)
+    beta: float = 0.5  # strength of the KL constraint to the reference: the implicit reward is beta * log(pi/pi_ref)
     label_smoothing: float = 0.0  # sigmoid only: assumed probability that a preference label is flipped
-    recompute_ref: bool = False  # reference log-probs at every step instead of once before training (keeps two models in memory)
+    recompute_ref: bool = False  # reference log-probs every step, not once before training (holds two models)
     batch_size: int = 32  # preference pairs per step
     max_steps: int = 150  # optimizer steps
-    lr: float = 1e-4  # peak learning rate
+    lr: float = 5e-4  # peak learning rate
     warmup_steps: int = 10  # linear warmup steps
     grad_clip: float = 1.0  # clip the gradient norm to this
     eval_interval: int = 50  # held-out evaluation and checkpoint every this many steps (and at the end)
@@ -62,11 +62,12 @@ def dpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_r
         h = (log π(y_w|x) - log π_ref(y_w|x)) - (log π(y_l|x) - log π_ref(y_l|x)),
 
         sigmoid (DPO):   -(1 - ε) log σ(β h) - ε log σ(-β h)     ε = label_smoothing; ε > 0 is conservative DPO
-        ipo (IPO):       (h - 1/(2β))²                           regress h to a fixed margin instead of pushing it to ∞
+        ipo (IPO):       (h - 1/(2β))²                           h regressed to a fixed margin, not pushed to ∞
         hinge (SLiC):    max(0, 1 - β h)
 
     At initialisation (π = π_ref) h = 0, and the sigmoid loss is ln 2 whatever β and ε.
-    Returns (losses, chosen_rewards, rejected_rewards), the rewards being the implicit β (log π - log π_ref), detached.
+    Returns (losses, chosen_rewards, rejected_rewards), the rewards being the implicit β (log π - log π_ref),
+    detached.
     """
     h = (policy_chosen_logps - ref_chosen_logps) - (policy_rejected_logps - ref_rejected_logps)
     if loss_type == "sigmoid":
@@ -105,7 +106,7 @@ def collate(pairs, pad_id, device):
 
 
 def sequence_logps(model, ids, loss_mask):
-    """log π(response | prompt) per row: the sum of the log-probs of the tokens under loss_mask (response and end-of-text)."""
+    """log π(response | prompt) per row: the sum of the log-probs of the tokens under loss_mask (response and eot)."""
     logits = model(ids)[:, :-1]  # position t predicts token t+1
     return (token_logprobs(logits, ids[:, 1:]) * loss_mask[:, 1:]).sum(1)
 
@@ -119,7 +120,7 @@ def pair_logps(model, pairs, pad_id, rt):
 
 @torch.no_grad()
 def all_pair_logps(model, pairs, pad_id, rt, batch_size):
-    """(chosen, rejected) sequence log-probs [N] of every pair, in order: the reference's are computed once like this."""
+    """(chosen, rejected) sequence log-probs [N] of every pair, in order: how the reference's are computed once."""
     # batches of pairs of similar length: a batch pads to its longest row, and lengths here vary by 5x
     order = sorted(range(len(pairs)), key=lambda i: max(len(pairs[i][0]), len(pairs[i][2])))
     chosen, rejected = torch.empty(len(pairs), device=rt.device), torch.empty(len(pairs), device=rt.device)
@@ -175,9 +176,11 @@ def main(argv=None):
     step = resumed["step"] if resumed else 0
     if not cfg.recompute_ref:
         # only the pairs this run will visit: a run shorter than an epoch would pay for the rest in vain
-        visited = sorted({i for k in range(step, cfg.max_steps) for i in batch_at(len(train), cfg.batch_size, k, cfg.seed)})
+        visited = sorted({i for k in range(step, cfg.max_steps)
+                          for i in batch_at(len(train), cfg.batch_size, k, cfg.seed)})
         ref_train = torch.full((2, len(train)), float("nan"), device=rt.device)
-        ref_train[:, visited] = torch.stack(all_pair_logps(ref, [train[i] for i in visited], eot, rt, 2 * cfg.batch_size))
+        ref_train[:, visited] = torch.stack(all_pair_logps(ref, [train[i] for i in visited], eot, rt,
+                                                           2 * cfg.batch_size))
         # training then holds one model, not two. The sequence KL at evaluation still needs the reference on
         # fresh samples: it is reloaded from the checkpoint for each evaluation, when no activations are held.
         ref = None
@@ -203,11 +206,13 @@ def main(argv=None):
     def evaluate():
         policy.eval()
         c, r = all_pair_logps(policy, val, eot, rt, 2 * cfg.batch_size)
-        losses, chosen_rewards, rejected_rewards = dpo_loss(c, r, *ref_val, cfg.beta, cfg.loss_type, cfg.label_smoothing)
+        losses, chosen_rewards, rejected_rewards = dpo_loss(c, r, *ref_val, cfg.beta, cfg.loss_type,
+                                                            cfg.label_smoothing)
         batches = sample(policy, prompt_ids, rt, eot, cfg.max_new_tokens, cfg.temperature, 64, cfg.seed + 1)
         reference = ref if cfg.recompute_ref else frozen(load_policy(cfg.sft_ckpt)[0]).to(rt.device)
         kl = sequence_kl(policy, reference, batches, rt, cfg.temperature)
-        report = {"loss": losses.mean().item(), "rewards/accuracies": (chosen_rewards > rejected_rewards).float().mean().item(),
+        report = {"loss": losses.mean().item(),
+                  "rewards/accuracies": (chosen_rewards > rejected_rewards).float().mean().item(),
                   "kl": sum(kl) / len(kl)}
         if builtin:
             gold, scores, texts = gold_eval(enc, prompts, batches)

@@ -134,14 +134,15 @@ def test_padding_does_not_count_and_end_of_text_does():
 
 
 def run(cwd, script, *args):
-    out = subprocess.run([sys.executable, str(ROOT / script), *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+    out = subprocess.run([sys.executable, str(ROOT / script), *args], cwd=cwd, capture_output=True, text=True,
+                         timeout=300)
     assert out.returncode == 0, out.stderr
     return out.stdout
 
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
-    """A directory where a tiny SFT run wrote the built-in task, its tokenizer and out/sft/ckpt.pt: dpo.py's defaults."""
+    """Where a tiny SFT run wrote the built-in task, its tokenizer and out/sft/ckpt.pt: dpo.py's defaults."""
     d = tmp_path_factory.mktemp("dpo")
     run(d, "sft.py", "--max_steps", "3", "--n_layer", "1", "--n_head", "2", "--n_embd", "32", "--batch_size", "4",
         "--n_eval", "4", "--max_new_tokens", "8", "--eval_interval", "3")
@@ -167,7 +168,7 @@ def test_smoke_builtin_task(workdir):
         assert key in metrics[0]
     assert {"eval/rewards/accuracies", "eval/gold", "eval/kl", "eval/win_rate"} <= metrics[1].keys()
     ckpt = torch.load(workdir / "out" / "smoke" / "ckpt.pt", weights_only=True)
-    assert ckpt["step"] == 4 and ckpt["config"]["beta"] == 0.1
+    assert ckpt["step"] == 4 and ckpt["config"]["max_steps"] == 4
     assert {"gold", "sft_gold", "win_rate", "kl", "rewards/accuracies"} <= ckpt["summary"].keys()
     sft = torch.load(workdir / "out" / "sft" / "ckpt.pt", weights_only=True)
     assert ckpt["model"].keys() == sft["model"].keys() and ckpt["tokenizer"] == sft["tokenizer"]
@@ -180,7 +181,7 @@ def test_smoke_own_jsonl_recomputing_the_reference(workdir, tmp_path):
         (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
     run(workdir, "dpo.py", *TINY, "--out_dir", str(tmp_path / "dpo"), "--train_file", str(tmp_path / "train.jsonl"),
         "--val_file", str(tmp_path / "val.jsonl"), "--eval_prompts", str(tmp_path / "prompts.jsonl"), "--recompute_ref",
-        "--loss_type", "ipo")
+        "--loss_type", "ipo", "--beta", "0.1")
     metrics = read_metrics(tmp_path / "dpo")
     assert metrics[0]["loss"] == pytest.approx(25.0, abs=1e-3)  # IPO at h = 0 with beta 0.1
     assert "eval/kl" in metrics[1] and "eval/win_rate" not in metrics[1]  # no gold judge for a dataset of one's own
