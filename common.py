@@ -24,7 +24,6 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from model import GPT, GPTConfig, response_mask
-from tokenizer import load_tokenizer
 
 # ----------------------------------------------------------------------------------------------------------
 # Configuration: a dataclass per stage; each field's trailing comment is its --help text
@@ -136,16 +135,23 @@ def load_checkpoint(path):
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def rng_state():
-    return {"torch": torch.get_rng_state(), "python": random.getstate(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+def training_state(optimizer, scaler):
+    """What --resume needs besides the weights: the optimizer, the loss scaler and every random generator."""
+    return {"optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
+            "rng": {"torch": torch.get_rng_state(), "python": random.getstate(),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}}
 
 
-def set_rng_state(state):
-    torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
-    if state["cuda"]:
-        torch.cuda.set_rng_state_all(state["cuda"])
+def restore_training(ckpt, model, optimizer, scaler):
+    """Load the weights and what training_state saved; returns the step to continue from."""
+    model.load_state_dict(ckpt["model"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    scaler.load_state_dict(ckpt["scaler"])
+    torch.set_rng_state(ckpt["rng"]["torch"])
+    random.setstate(ckpt["rng"]["python"])
+    if ckpt["rng"]["cuda"]:
+        torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
+    return ckpt["step"]
 
 
 def resume_config(cls, cfg, given, ckpt):

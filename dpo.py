@@ -22,8 +22,8 @@ from tqdm import tqdm
 
 from common import (MetricsLog, batch_at, builtin_task_paths, check_finite, decode_responses, encode_prompts,
                     fit_to_context, frozen, gold_eval, load_checkpoint, load_policy, lr_at, pad, parse_config,
-                    print_config, print_samples, read_jsonl, resume_config, rng_state, sample, save_checkpoint,
-                    sequence_kl, set_rng_state, setup_runtime, token_logprobs, win_rate)
+                    print_config, print_samples, read_jsonl, resume_config, restore_training, sample, save_checkpoint,
+                    sequence_kl, setup_runtime, token_logprobs, training_state, win_rate)
 from tokenizer import load_tokenizer, render
 
 
@@ -189,18 +189,14 @@ def main(argv=None):
     # decay would pull the weights toward 0, not toward the reference: off
     optimizer = policy.configure_optimizers(0.0, cfg.lr, (0.9, 0.95), rt.device.type)
     if resumed:
-        policy.load_state_dict(resumed["model"])
-        optimizer.load_state_dict(resumed["optimizer"])
-        rt.scaler.load_state_dict(resumed["scaler"])
-        set_rng_state(resumed["rng"])
+        step = restore_training(resumed, policy, optimizer, rt.scaler)
         print(f"resumed from {ckpt_path} at step {step}")
     log = MetricsLog(cfg.out_dir, resume=bool(resumed))
 
     def checkpoint(step, **extra):
         save_checkpoint(ckpt_path, {"model": policy.state_dict(), "model_config": asdict(policy.config),
                                     "tokenizer": tokenizer_spec, "config": asdict(cfg), "step": step,
-                                    "optimizer": optimizer.state_dict(), "scaler": rt.scaler.state_dict(),
-                                    "rng": rng_state(), **extra})
+                                    **training_state(optimizer, rt.scaler), **extra})
 
     @torch.no_grad()
     def evaluate():

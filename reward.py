@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from common import (MetricsLog, batch_at, builtin_task_paths, check_finite, encode_prompts, fit_to_context,
                     load_checkpoint, load_policy, lr_at, pad, parse_config, print_config, read_jsonl, resume_config,
-                    rng_state, sample, save_checkpoint, set_rng_state, setup_runtime)
+                    restore_training, sample, save_checkpoint, setup_runtime, training_state)
 from model import GPT, GPTConfig, ScalarHead
 from tokenizer import EOT, load_tokenizer, render
 
@@ -209,11 +209,7 @@ def main(argv=None):
                                             extra_params=rm.head.parameters())
     step = 0
     if resumed:
-        rm.load_state_dict(resumed["model"])
-        optimizer.load_state_dict(resumed["optimizer"])
-        rt.scaler.load_state_dict(resumed["scaler"])
-        set_rng_state(resumed["rng"])
-        step = resumed["step"]
+        step = restore_training(resumed, rm, optimizer, rt.scaler)
         print(f"resumed from {ckpt_path} at step {step}")
     train_rm = torch.compile(rm) if cfg.compile else rm
     log = MetricsLog(cfg.out_dir, resume=bool(resumed))
@@ -221,8 +217,7 @@ def main(argv=None):
     def checkpoint(step, **extra):
         save_checkpoint(ckpt_path, {"model": rm.state_dict(), "model_config": asdict(rm.gpt.config),
                                     "tokenizer": tokenizer_spec, "config": asdict(cfg), "step": step,
-                                    "optimizer": optimizer.state_dict(), "scaler": rt.scaler.state_dict(),
-                                    "rng": rng_state(), **extra})
+                                    **training_state(optimizer, rt.scaler), **extra})
 
     bar = tqdm(range(step, cfg.max_steps), initial=step, total=cfg.max_steps, desc="reward", dynamic_ncols=True)
     t0, start = time.time(), step

@@ -21,9 +21,10 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-from common import (MetricsLog, batch_at, builtin_task_paths, check_finite, decode_responses, encode_prompts, fit_to_context, gold_eval,
-                    load_checkpoint, load_policy, lr_at, pad, parse_config, print_config, print_samples, read_jsonl,
-                    resume_config, rng_state, sample, save_checkpoint, set_rng_state, setup_runtime)
+from common import (MetricsLog, batch_at, builtin_task_paths, check_finite, decode_responses, encode_prompts,
+                    fit_to_context, gold_eval, load_checkpoint, load_policy, lr_at, pad, parse_config, print_config,
+                    print_samples, read_jsonl, resume_config, restore_training, sample, save_checkpoint,
+                    setup_runtime, training_state)
 from model import GPT, GPTConfig
 from tokenizer import load_tokenizer, render
 
@@ -147,11 +148,7 @@ def main(argv=None):
     optimizer = model.configure_optimizers(cfg.weight_decay, cfg.lr, (0.9, 0.95), rt.device.type)
     step = 0
     if resumed:
-        model.load_state_dict(resumed["model"])
-        optimizer.load_state_dict(resumed["optimizer"])
-        rt.scaler.load_state_dict(resumed["scaler"])
-        set_rng_state(resumed["rng"])
-        step = resumed["step"]
+        step = restore_training(resumed, model, optimizer, rt.scaler)
         say(f"resumed from {ckpt_path} at step {step}")
     train_model = torch.compile(model) if cfg.compile else model
     if rt.world_size > 1:
@@ -162,8 +159,7 @@ def main(argv=None):
         if rt.master:
             save_checkpoint(ckpt_path, {"model": model.state_dict(), "model_config": asdict(model.config),
                                         "tokenizer": tokenizer_spec, "config": asdict(cfg), "step": step,
-                                        "optimizer": optimizer.state_dict(), "scaler": rt.scaler.state_dict(),
-                                        "rng": rng_state(), **extra})
+                                        **training_state(optimizer, rt.scaler), **extra})
 
     model.train()
     bar = tqdm(range(step, cfg.max_steps), initial=step, total=cfg.max_steps, desc="sft", dynamic_ncols=True,
