@@ -173,9 +173,14 @@ class GPT(nn.Module):
             cache.pos += T
         return self.transformer.ln_f(x)
 
-    def forward(self, idx, attention_mask=None, cache=None):
-        """Logits [B, T, vocab] for next-token prediction at every position."""
-        return self.lm_head(self.hidden_states(idx, attention_mask, cache))
+    def forward(self, idx, attention_mask=None, cache=None, where=None):
+        """
+        Logits [B, T, vocab] for next-token prediction at every position; with a boolean [B, T] `where`, only at
+        those positions, as [N, vocab]. SFT needs none over the prompt and the padding, and the projection onto
+        the vocabulary is a large share of a small model's compute.
+        """
+        hidden = self.hidden_states(idx, attention_mask, cache)
+        return self.lm_head(hidden if where is None else hidden[where])
 
     @torch.no_grad()
     def generate(self, idx, attention_mask, max_new_tokens, eot_id, temperature=1.0, top_k=None, top_p=None,

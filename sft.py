@@ -61,11 +61,14 @@ class Config:
     resume: bool = False  # continue the run in out_dir from its checkpoint
 
 
-def sft_loss(logits, ids, loss_mask):
-    """Mean cross-entropy of predicting ids[t+1] from position t, over the tokens where loss_mask[t+1] is 1."""
-    targets, weights = ids[:, 1:], loss_mask[:, 1:].float()
-    ce = F.cross_entropy(logits[:, :-1].float().flatten(0, 1), targets.flatten(), reduction="none")
-    return (ce * weights.flatten()).sum() / weights.sum().clamp(min=1)
+def sft_loss(model, ids, loss_mask):
+    """
+    Mean cross-entropy of predicting ids[t+1] from position t, over the targets where loss_mask is 1: the response
+    and its end-of-text. The model computes logits at those positions only.
+    """
+    trained = loss_mask[:, 1:].bool()
+    logits = model(ids, where=F.pad(trained, (0, 1)))  # position t is where target t+1 is trained
+    return F.cross_entropy(logits.float(), ids[:, 1:][trained])
 
 
 def load_examples(path, enc, max_len, say=print):
@@ -93,9 +96,9 @@ def val_loss(model, examples, cfg, rt, pad_id):
     for i in range(0, len(examples), cfg.batch_size):
         ids, loss_mask = collate(examples[i:i + cfg.batch_size], pad_id, rt.device)
         with rt.autocast():
-            logits = model(ids)
+            loss = sft_loss(model, ids, loss_mask)
         tokens = loss_mask[:, 1:].sum().item()
-        total += sft_loss(logits, ids, loss_mask).item() * tokens
+        total += loss.item() * tokens
         n += tokens
     model.train()
     return total / n
@@ -180,7 +183,7 @@ def main(argv=None):
             sync = micro == cfg.grad_accum - 1 or rt.world_size == 1
             with contextlib.nullcontext() if sync else train_model.no_sync():
                 with rt.autocast():
-                    loss = sft_loss(train_model(ids), ids, loss_mask) * share / cfg.grad_accum
+                    loss = sft_loss(train_model, ids, loss_mask) * share / cfg.grad_accum
                 rt.scaler.scale(loss * rt.world_size).backward()  # x world_size: DDP averages over processes
             loss_sum += loss.item()
             tokens_seen += ids.numel()

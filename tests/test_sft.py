@@ -9,6 +9,7 @@ import torch
 import common
 import sft
 from common import fit_to_context, parse_config, read_jsonl
+from model import GPT, GPTConfig
 from tokenizer import save_bpe, train_bpe
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -18,17 +19,27 @@ def test_loss_mask_ignores_prompt_tokens():
     torch.manual_seed(0)
     ids = torch.randint(0, 20, (2, 8))
     loss_mask = torch.tensor([[0, 0, 0, 1, 1, 1, 1, 0], [0, 0, 0, 0, 0, 1, 1, 1]])
-    logits = torch.randn(2, 8, 20)
-    base = sft.sft_loss(logits, ids, loss_mask)
+    full = torch.randn(2, 8, 20)
+    model = lambda ids, where: full[where]  # fixed logits: only the targets change below
+    base = sft.sft_loss(model, ids, loss_mask)
     changed = ids.clone()
     changed[0, 2] = (ids[0, 2] + 1) % 20  # a prompt token as a target
     changed[1, 4] = (ids[1, 4] + 1) % 20
-    assert sft.sft_loss(logits, changed, loss_mask) == base
+    assert sft.sft_loss(model, changed, loss_mask) == base
     changed[0, 5] = (ids[0, 5] + 1) % 20  # a response token as a target
-    assert sft.sft_loss(logits, changed, loss_mask) != base
+    assert sft.sft_loss(model, changed, loss_mask) != base
     # it is the mean cross-entropy over the masked targets
-    ce = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), ids[:, 1:].flatten(), reduction="none")
+    ce = torch.nn.functional.cross_entropy(full[:, :-1].flatten(0, 1), ids[:, 1:].flatten(), reduction="none")
     torch.testing.assert_close(base, ce[loss_mask[:, 1:].flatten().bool()].mean())
+
+
+def test_sft_loss_needs_logits_only_on_trained_positions():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=16, vocab_size=50, n_layer=2, n_head=2, n_embd=16))
+    ids = torch.randint(0, 50, (3, 10))
+    loss_mask = (torch.arange(10) >= torch.tensor([[4], [6], [2]])).long()
+    ce = torch.nn.functional.cross_entropy(model(ids)[:, :-1].flatten(0, 1), ids[:, 1:].flatten(), reduction="none")
+    torch.testing.assert_close(sft.sft_loss(model, ids, loss_mask), ce[loss_mask[:, 1:].flatten().bool()].mean())
 
 
 @pytest.mark.parametrize("line,message", [
