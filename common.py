@@ -299,8 +299,10 @@ class MetricsLog:
 
 def check_finite(loss, step, ckpt_path):
     if not math.isfinite(loss):
-        raise FloatingPointError(f"loss is {loss} at step {step}; stopping. The last good checkpoint is kept at "
-                                 f"{ckpt_path}: lower the learning rate, or try --dtype float32")
+        kept = f"the last good checkpoint is kept at {ckpt_path}" if Path(ckpt_path).exists() else \
+            "no checkpoint was written yet"
+        raise FloatingPointError(f"loss is {loss} at step {step}; stopping ({kept}). Lower the learning rate, "
+                                 f"or try --dtype float32")
 
 
 def lr_at(step, max_steps, lr, warmup_steps, min_lr_ratio=0.1):

@@ -137,12 +137,19 @@ def test_rater_bias_favours_flattery(data_dir, tmp_path):
     assert flattery_wins(tmp_path) > flattery_wins(data_dir) + 0.1
 
 
-def test_ensure_data_generates_only_when_missing(tmp_path, monkeypatch):
+def test_ensure_data_generates_only_when_missing_unfinished_or_stale(tmp_path, monkeypatch):
     calls = []
-    monkeypatch.setattr(world, "generate", lambda out_dir, seed: calls.append((out_dir, seed)))
+    monkeypatch.setattr(world, "generate", lambda out_dir, seed, **knobs: calls.append((out_dir, seed, knobs)))
     assert world.ensure_data(str(tmp_path), seed=3) == str(tmp_path)
-    assert calls == [(str(tmp_path), 3)]
-    for name in world.FILES:
+    assert calls == [(str(tmp_path), 3, {})]
+    for name in world.FILES[:-1]:  # every data file, but a generation stopped before its meta.json
         (tmp_path / name).write_text("")
     world.ensure_data(str(tmp_path), seed=3)
-    assert len(calls) == 1
+    assert len(calls) == 2
+    meta = {"seed": 5, "knobs": {"rater_bias": 1.0}, "world": world.world_version()}
+    (tmp_path / "meta.json").write_text(json.dumps(meta))
+    world.ensure_data(str(tmp_path), seed=3)  # complete and current: reused, whatever its seed
+    assert len(calls) == 2
+    (tmp_path / "meta.json").write_text(json.dumps({**meta, "world": "an older world"}))
+    world.ensure_data(str(tmp_path), seed=3)  # stale: regenerated as it was made
+    assert calls[2] == (str(tmp_path), 5, {"rater_bias": 1.0})
