@@ -154,13 +154,21 @@ def restore_training(ckpt, model, optimizer, scaler):
     return ckpt["step"]
 
 
-def resume_config(cls, cfg, given, ckpt):
-    """The stored run's config, with only the flags given on this command line changed."""
-    saved = ckpt["config"]
+def run_config(cls, argv=None):
+    """
+    A stage's config from the command line, its checkpoint path, and with --resume that checkpoint, whose stored
+    config is used with only the flags given on this command line changed. Returns (cfg, ckpt_path, resumed or None).
+    """
+    cfg, given = parse_config(cls, argv)
+    ckpt_path = Path(cfg.out_dir) / "ckpt.pt"
+    if not cfg.resume:
+        return cfg, ckpt_path, None
+    resumed = load_checkpoint(ckpt_path)
+    saved = resumed["config"]
     for name in given - {"resume"}:
         if saved.get(name) != getattr(cfg, name):
             print(f"resume: {name} changed from {saved.get(name)!r} to {getattr(cfg, name)!r}")
-    return cls(**{**saved, **{name: getattr(cfg, name) for name in given}})
+    return cls(**{**saved, **{name: getattr(cfg, name) for name in given}}), ckpt_path, resumed
 
 
 def load_policy(path):
@@ -389,8 +397,9 @@ def gold_eval(enc, prompts, batches):
 
 
 def print_samples(prompts, texts, scores, n):
-    for p, t, s in list(zip(prompts, texts, scores))[:n]:
-        print(f"--- gold {s:+.2f}{p}{t}")
+    """The first n responses beside their prompts, with their gold scores where there are any (the built-in task)."""
+    for i, (p, t) in enumerate(list(zip(prompts, texts))[:n]):
+        print(f"--- gold {scores[i]:+.2f}{p}{t}" if scores is not None else f"---{p}{t}")
 
 
 def batch_at(n, batch_size, k, seed):

@@ -14,16 +14,15 @@ With no arguments it trains on the built-in task from out/sft/ckpt.pt; by flags,
 
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
 from common import (MetricsLog, batch_at, builtin_task_paths, check_finite, decode_responses, encode_prompts,
-                    fit_to_context, frozen, gold_eval, load_checkpoint, load_policy, lr_at, pad, parse_config,
-                    print_config, print_samples, read_jsonl, resume_config, restore_training, sample, save_checkpoint,
-                    sequence_kl, setup_runtime, token_logprobs, training_state, win_rate)
+                    fit_to_context, frozen, gold_eval, load_policy, lr_at, pad, print_config, print_samples,
+                    read_jsonl, restore_training, run_config, sample, save_checkpoint, sequence_kl, setup_runtime,
+                    token_logprobs, training_state, win_rate)
 from tokenizer import load_tokenizer, render
 
 
@@ -131,11 +130,7 @@ def all_pair_logps(model, pairs, pad_id, rt, batch_size):
 
 
 def main(argv=None):
-    cfg, given = parse_config(Config, argv)
-    ckpt_path = Path(cfg.out_dir) / "ckpt.pt"
-    resumed = load_checkpoint(ckpt_path) if cfg.resume else None
-    if resumed:
-        cfg = resume_config(Config, cfg, given, resumed)
+    cfg, ckpt_path, resumed = run_config(Config, argv)
     print("dpo config:")
     print_config(cfg)
     rt = setup_runtime(cfg.device, cfg.dtype, cfg.seed)
@@ -272,8 +267,7 @@ def main(argv=None):
               f"win-rate against sft {summary['win_rate']:.1%}, sequence KL to sft {summary['kl']:.2f} nats; "
               f"held-out implicit-reward accuracy {summary['rewards/accuracies']:.1%}")
     else:
-        for p, t in list(zip(prompts, texts))[:5]:
-            print(f"---{p}{t}")
+        print_samples(prompts, texts, None, 5)
         print(f"dpo: sequence KL to sft {summary['kl']:.2f} nats, held-out implicit-reward accuracy "
               f"{summary['rewards/accuracies']:.1%}")
     log.log(cfg.max_steps, **{f"final/{k}": v for k, v in summary.items()})

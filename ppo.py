@@ -366,11 +366,7 @@ def main(argv=None):
                                              builtin, sft_scores)
             metrics.update({f"eval/{k}": v for k, v in report.items()})
             bar.write(f"iteration {done}: " + ", ".join(f"{k} {v:.3f}" for k, v in report.items()))
-            if builtin:
-                print_samples(eval_prompts, texts, scores, 2)
-            else:
-                for p, t in list(zip(eval_prompts, texts))[:2]:
-                    print(f"---{p}{t}")
+            print_samples(eval_prompts, texts, scores, 2)
             if done < cfg.iterations:
                 checkpoint(done, {**report, **{f"sft_{k}": v for k, v in sft_report.items()}})
         log.log(done, **metrics)

@@ -23,8 +23,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from common import (MetricsLog, batch_at, builtin_task_paths, check_finite, encode_prompts, fit_to_context,
-                    load_checkpoint, load_policy, lr_at, pad, parse_config, print_config, read_jsonl, resume_config,
-                    restore_training, sample, save_checkpoint, setup_runtime, training_state)
+                    load_checkpoint, load_policy, lr_at, pad, print_config, read_jsonl, restore_training, run_config,
+                    sample, save_checkpoint, setup_runtime, training_state)
 from model import GPT, GPTConfig, ScalarHead
 from tokenizer import EOT, load_tokenizer, render
 
@@ -163,11 +163,7 @@ def normalise(rm, policy, enc, prompts, cfg, rt):
 
 
 def main(argv=None):
-    cfg, given = parse_config(Config, argv)
-    ckpt_path = Path(cfg.out_dir) / "ckpt.pt"
-    resumed = load_checkpoint(ckpt_path) if cfg.resume else None
-    if resumed:
-        cfg = resume_config(Config, cfg, given, resumed)
+    cfg, ckpt_path, resumed = run_config(Config, argv)
     print("reward config:")
     print_config(cfg)
     rt = setup_runtime(cfg.device, cfg.dtype, cfg.seed)

@@ -13,7 +13,6 @@ of our checkpoints.
 import contextlib
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -22,9 +21,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from common import (MetricsLog, batch_at, builtin_task_paths, check_finite, decode_responses, encode_prompts,
-                    fit_to_context, gold_eval, load_checkpoint, load_policy, lr_at, pad, parse_config, print_config,
-                    print_samples, read_jsonl, resume_config, restore_training, sample, save_checkpoint,
-                    setup_runtime, training_state)
+                    fit_to_context, gold_eval, load_policy, lr_at, pad, print_config, print_samples, read_jsonl,
+                    restore_training, run_config, sample, save_checkpoint, setup_runtime, training_state)
 from model import GPT, GPTConfig
 from tokenizer import load_tokenizer, render
 
@@ -105,11 +103,7 @@ def val_loss(model, examples, cfg, rt, pad_id):
 
 
 def main(argv=None):
-    cfg, given = parse_config(Config, argv)
-    ckpt_path = Path(cfg.out_dir) / "ckpt.pt"
-    resumed = load_checkpoint(ckpt_path) if cfg.resume else None
-    if resumed:
-        cfg = resume_config(Config, cfg, given, resumed)
+    cfg, ckpt_path, resumed = run_config(Config, argv)
     rt = setup_runtime(cfg.device, cfg.dtype, cfg.seed)
     say = print if rt.master else lambda *a, **k: None
     say("sft config:")
@@ -227,8 +221,7 @@ def main(argv=None):
         print(f"sft on {len(prompts)} held-out prompts: gold {report['gold']:.3f}, ended with end-of-text "
               f"{report['eot_rate']:.1%}, mean length {report['length']:.1f} tokens")
     else:
-        for p, t in list(zip(prompts, decode_responses(enc, batches)))[:5]:
-            print(f"---{p}{t}")
+        print_samples(prompts, decode_responses(enc, batches), None, 5)
     log.log(cfg.max_steps, **{f"final/{k}": v for k, v in summary.items()})
     checkpoint(cfg.max_steps, summary=summary)
     print(f"saved {ckpt_path}")
