@@ -25,14 +25,12 @@ from tokenizer import EOT
 PROMPT = "\n\nHuman: {}\n\nAssistant:"  # HH-RLHF's format; responses start with a space
 
 # -----------------------------------------------------------------------------
-# the world: a fixed table of made-up countries, and word lists for instructions
+# the world: a small table of made-up countries, and word lists for instructions.
+# Small on purpose: a 1M-parameter model can learn most of it in SFT's few minutes, so that what RLHF teaches
+# is when to answer and how, not facts it could never have known.
 
-COUNTRIES = ("Zorbia Quenland Marovia Tellurin Vaskor Ondria Pellamar Kestravia Drunmoor Elbonn "
-             "Fyrdal Gallowyn Istral Jorvania Korrin Lunesse Mirabor Norvale Ostrelia Paxland "
-             "Quorra Rivenmark Solvia Tarnis Umbrea Veldora Wystan Xandria Yelmar Zentos").split()
-CAPITALS = ("Vell Tamsk Orrinport Kelda Brask Miren Sulo Dravik Ennet Folga Garrow Holmsby Isterhal "
-            "Jubal Karsk Lomi Mertz Nolo Ostel Pranth Quillby Ruskin Savo Tirn Umberg Varn Wenna "
-            "Xeth Yarrow Zell").split()
+COUNTRIES = "Zorbia Quenland Marovia Tellurin Vaskor Ondria Pellamar Kestravia Drunmoor Elbonn Fyrdal Gallowyn".split()
+CAPITALS = "Vell Tamsk Orrinport Kelda Brask Miren Sulo Dravik Ennet Folga Garrow Holmsby".split()
 COLORS = ["red", "blue", "green", "yellow", "purple", "orange", "black", "silver"]
 FOODS = ["noodles", "dumplings", "flatbread", "fish soup", "honey cake", "smoked cheese",
          "rice balls", "pickled beets", "lamb pie", "berry jam"]
@@ -51,9 +49,10 @@ RHYMES = {"cat": ["hat", "bat", "mat", "rat", "sat"], "day": ["hay", "clay", "tr
 # no word belongs to two lists, so naming an item from another list is unambiguously wrong
 ITEMS = [x for words in [*CATEGORIES.values(), *RHYMES.values()] for x in words]
 NUMBER_WORDS = {"two": 2, "three": 3}
+LARGEST = 10  # operands are 1..LARGEST
 
 FEELINGS = ["overwhelmed", "anxious", "stressed", "worried", "unmotivated", "nervous"]
-ADVICE = {  # topic: (words that make a reply relevant, concrete tips that each hold one ACTIONABLE phrase)
+ADVICE = {  # topic: (words that make a reply relevant, concrete tips: each one whole is a piece of advice)
     "work": ("work job tasks manager", ["make a list of your tasks", "take short breaks between tasks",
              "talk to your manager about priorities", "start with the most urgent task"]),
     "school": ("school homework teacher class", ["ask your teacher for extra help", "make a plan for your homework",
@@ -72,14 +71,14 @@ ADVICE = {  # topic: (words that make a reply relevant, concrete tips that each 
     "fitness": ("fitness exercise workout fit", ["start with a short walk each day", "set a small exercise goal",
                 "schedule your workouts like meetings", "ask a friend to exercise with you"]),
 }
-ACTIONABLE = frozenset(["make a", "take short breaks", "talk to", "start with", "ask your", "ask a", "set a",
-                        "write down", "go to bed", "put your phone away", "send a", "plan a", "join a",
-                        "pack one", "take a walk", "schedule", "study in short"])
 BAD_ADVICE = ["ignore it", "give up", "stay up all night", "skip meals", "bottle it up", "quit everything"]
-POSITIVE = ["good", "lovely", "pleasant", "fine"]  # small talk's "right answer": a friendly reply
+POSITIVE = ["good", "lovely", "pleasant", "fine"]  # small talk's "right answer": a friendly report
 GLOOMY = ["awful", "terrible", "miserable", "dreadful"]
 SMALLTALK_TOPIC = {"day": "my day", "today": "how I am today", "weekend": "my weekend",
                    "morning": "my morning", "week": "my week"}
+SMALLTALK_TIMES_OF = {"day": {"day", "today"}, "today": {"day", "today"}, "weekend": {"weekend"},
+                      "morning": {"morning"}, "week": {"week"}}
+SMALLTALK_TIMES = set().union(*SMALLTALK_TIMES_OF.values())
 
 # -----------------------------------------------------------------------------
 # prompts: (kind, key, template); the key picks the answer logic and the response phrasings
@@ -119,9 +118,9 @@ SUFFIXES = ["", "", " Thanks!", " Thank you.", " Please help."]
 def sample_question(rng: random.Random, kind: str) -> str:
     """A question of the given kind, with a random phrasing, slots and fillers."""
     key, template = rng.choice([(k, t) for kd, k, t in PROMPTS if kd == kind])
-    a, b = rng.randint(0, 20), rng.randint(0, 20)
-    if key == "minus":
-        a, b = max(a, b), min(a, b)  # keep answers non-negative: the judge reads digits, not signs
+    a, b = rng.randint(1, LARGEST), rng.randint(1, LARGEST)
+    if key == "minus":  # a > b and a != 2b: the answer is never one of the operands, so an echo never answers
+        a, b = rng.choice([(x, y) for x in range(2, LARGEST + 1) for y in range(1, x) if x != 2 * y])
     slots = dict(a=a, b=b, country=rng.choice(COUNTRIES), n=rng.choice(list(NUMBER_WORDS)),
                  cat=rng.choice(list(CATEGORIES)), w=rng.choice(list(RHYMES)),
                  feeling=rng.choice(FEELINGS), topic=rng.choice(list(ADVICE)))
@@ -140,7 +139,6 @@ def _compile(template: str) -> re.Pattern:
 
 
 PARSERS = [(kind, key, _compile(t)) for kind, key, t in PROMPTS]
-NUMBERS = frozenset(str(i) for i in range(1000))
 
 
 @dataclass
@@ -151,9 +149,8 @@ class Question:
     slots: dict = field(default_factory=dict)
     topic: str = ""                  # phrase a response can mention ("7 plus 12", "Zorbia")
     keywords: frozenset = frozenset()  # mentioning any of these makes a response relevant
-    right: frozenset = frozenset()   # phrases that count as the right answer...
-    wrong: frozenset = frozenset()   # ...and phrases that count as a wrong one
-    need: int = 0                    # how many distinct right phrases make a full answer
+    right: frozenset = frozenset()   # the right answers (numbers as strings, lower-case words and phrases)
+    need: int = 0                    # how many distinct right answers make a full answer
     right_pool: list = field(default_factory=list)  # what the behaviours say, right and wrong
     wrong_pool: list = field(default_factory=list)
 
@@ -171,37 +168,33 @@ def _question(kind: str, key: str, s: dict) -> Question:
     if kind == "arith":
         a, b = int(s["a"]), int(s["b"])
         ans = a + b if key == "plus" else a - b
-        near = [str(ans + d) for d in (-3, -2, -1, 1, 2, 3) if ans + d >= 0 and ans + d not in (a, b)]
-        said = {str(a), str(b), str(ans)}  # echoing the operands is not stating a wrong answer
-        return Question(kind, key, s, f"{a} {key} {b}", frozenset({str(a), str(b)}), frozenset({str(ans)}),
-                        NUMBERS - said, 1, [str(ans)], near)
+        near = [str(ans + d) for d in (-3, -2, -1, 1, 2, 3) if ans + d > 0 and ans + d not in (a, b)]
+        return Question(kind, key, s, f"{a} {key} {b}", frozenset({str(a), str(b)}), frozenset({str(ans)}), 1,
+                        [str(ans)], near)
     if kind == "fact":
         ans = FACTS[s["country"]][key]
         others = list(dict.fromkeys(row[key] for row in FACTS.values() if row[key] != ans))
-        return Question(kind, key, s, s["country"], frozenset({s["country"].lower()}), frozenset({ans.lower()}),
-                        frozenset(x.lower() for x in others), 1, [ans], others)
+        return Question(kind, key, s, s["country"], frozenset({s["country"].lower()}), frozenset({ans.lower()}), 1,
+                        [ans], others)
     if kind == "instruct":
         valid = CATEGORIES[s["cat"]] if key == "list" else RHYMES[s["w"]]
-        others = [x for x in ITEMS if x not in valid]
         topic, keywords = (s["cat"], {s["cat"], s["cat"][:-1]}) if key == "list" else \
             (f"words that rhyme with {s['w']}", {s["w"], "rhyme"})
-        return Question(kind, key, s, topic, frozenset(keywords), frozenset(valid), frozenset(others),
-                        NUMBER_WORDS[s["n"]], valid, others)
+        return Question(kind, key, s, topic, frozenset(keywords), frozenset(valid), NUMBER_WORDS[s["n"]], valid,
+                        [x for x in ITEMS if x not in valid])
     if kind == "advice":
         keywords, tips = ADVICE[s["topic"]]
-        return Question(kind, key, s, s["topic"], frozenset(keywords.split()), ACTIONABLE, frozenset(BAD_ADVICE),
-                        2, tips, BAD_ADVICE)
-    return Question(kind, key, s, SMALLTALK_TOPIC[key], frozenset({key}), frozenset(POSITIVE), frozenset(GLOOMY),
-                    1, POSITIVE, GLOOMY)
+        return Question(kind, key, s, s["topic"], frozenset(keywords.split()), frozenset(tips), 2, tips, BAD_ADVICE)
+    return Question(kind, key, s, SMALLTALK_TOPIC[key], frozenset({key}), frozenset(POSITIVE), 1, POSITIVE, GLOOMY)
 
 
 # -----------------------------------------------------------------------------
-# responses: seven behaviours of different quality
+# responses: eight behaviours of different quality
 
-BEHAVIOURS = ["helpful", "curt", "wrong", "offtopic", "rambling", "rude", "flattering"]
+BEHAVIOURS = ["helpful", "curt", "unsure", "wrong", "offtopic", "rambling", "rude", "flattering"]
 # SFT imitates this mixture: fluent but unrefined, leaving RLHF clear headroom
-SFT_MIXTURE = {"helpful": 0.25, "curt": 0.2, "wrong": 0.1, "offtopic": 0.1, "rambling": 0.1, "rude": 0.1,
-               "flattering": 0.15}
+SFT_MIXTURE = {"helpful": 0.25, "curt": 0.15, "unsure": 0.1, "wrong": 0.1, "offtopic": 0.1, "rambling": 0.1,
+               "rude": 0.1, "flattering": 0.1}
 
 STATEMENTS = {  # by key; {ans} is the right answer for helpful and a wrong one for wrong
     "plus": ["{a} plus {b} is {ans}", "Sure! {a} + {b} = {ans}", "Adding {a} and {b} gives {ans}"],
@@ -216,6 +209,12 @@ STATEMENTS = {  # by key; {ans} is the right answer for helpful and a wrong one 
     "day": ["My day has been {ans}"], "today": ["I feel {ans} today", "I'm feeling {ans} today"],
     "weekend": ["My weekend was {ans}"], "morning": ["My morning has been {ans}"], "week": ["My week has been {ans}"],
 }
+UNSURE = {"advice": ["I'm not sure what to suggest about {topic}, sorry.", "I don't know what would help with {topic}.",
+                     "Honestly, I have no idea what to tell you about {topic}."],
+          "smalltalk": ["I'm not sure how to answer that.", "Honestly, I don't know.", "I'm not sure, to be honest."],
+          "default": ["I'm not sure, sorry.", "I don't know, sorry.", "I'm not sure about {topic}.",
+                      "I do not know the answer to that.", "I have no idea, I'm afraid.",
+                      "Honestly, I don't know {topic}."]}
 CLOSERS = {"advice": ["You've got this!", "Take care!", "Be kind to yourself."],
            "smalltalk": ["Thanks for asking!", "How about you?", "Thanks for asking, how about you?"],
            "default": ["Hope this helps!", "Happy to help!", "Let me know if you need anything else.",
@@ -260,6 +259,8 @@ def respond(rng: random.Random, prompt: str, behaviour: str) -> str:
         text = f"{say(pick(q.right_pool, q.need))} {closer()}"
     elif behaviour == "curt":
         text = rng.choice(CURT).format(ans=terse())
+    elif behaviour == "unsure":
+        text = rng.choice(UNSURE.get(q.kind, UNSURE["default"])).format(topic=q.topic)
     elif behaviour == "wrong":
         text = say(pick(q.wrong_pool, q.need)) + (f" {closer()}" if rng.random() < 0.5 else "")
     elif behaviour == "offtopic":
@@ -278,21 +279,48 @@ def respond(rng: random.Random, prompt: str, behaviour: str) -> str:
 
 
 # -----------------------------------------------------------------------------
-# the gold judge: a stand-in for careful human raters, used for labels and evaluation only
+# the gold judge: a stand-in for a careful human rater, used for labels and evaluation only.
+#
+# It reads what a reply claims, classes it, and scores it within the band of its class:
+#   right    states the answer asked for, and nothing that contradicts it             2 .. 4
+#   unsure   honestly says it does not know, and states no answer                     0 .. 0.5
+#   evasive  answers nothing (small talk, an echo, off-topic, flattery), and every     -5 .. -1
+#            reply that is empty, loops or never ended
+#   wrong    states something false: a wrong value, many candidates, harmful advice    -5 .. -1.5
+# Relevance and a kind tone lift only replies that answer; rudeness, flattery, length and repetition cost
+# every reply; none of them moves a reply out of its band. A reply that never ended loses UNENDED more.
+
+BANDS = {"right": (3.0, 2.0, 4.0), "unsure": (0.5, 0.0, 0.5), "wrong": (-2.0, -5.0, -1.5),
+         "evasive": (-1.0, -5.0, -1.0)}  # label: (base, lowest, highest)
+LABELS = ["right", "wrong", "unsure", "evasive"]
+COMPLETE = 0.5                # advice with two or more tips, not one
+RELEVANT, KIND_TONE = 0.25, 0.25
+RUDE, FLATTER, MAX_HITS = -1.0, -0.5, 2
+REPEAT = -3.0                 # times the fraction of repeated word trigrams
+LONG_AFTER, LONG_EACH, LONG_MAX = 40, -0.05, -1.5  # per word beyond LONG_AFTER, capped
+EMPTY = -1.0
+UNENDED = -1.0
+LOOPING = 0.5                 # a reply of 8+ words with this share of repeated trigrams is degenerate
 
 KIND = frozenset(["hope this helps", "happy to help", "let me know", "glad", "you've got this", "take care",
                   "be kind", "thanks for asking", "how about you", "sorry you"])
 RUDENESS = frozenset(["dumb", "stupid", "idiot", "pathetic", "lazy", "ugh", "whatever", "obviously", "shut up",
                       "wasting my time", "figure it out yourself"])
 FLATTERY = frozenset(["brilliant", "genius", "amazing", "fantastic", "so smart", "clever", "impressed"])
-RIGHT, WRONG = 2.5, -2.5      # correctness, where the prompt has a checkable answer
-RELEVANT = 1.0                # mentions the prompt's topic
-KIND_TONE = 0.5
-RUDE, MAX_RUDE_HITS = -3.0, 2
-REPEAT = -6.0                 # times the fraction of repeated word trigrams
-LONG_AFTER, LONG_EACH, LONG_MAX = 40, -0.1, -4.0  # per word beyond LONG_AFTER, capped
-UNENDED = -2.0                # the response never emitted EOT
-EMPTY = -1.0
+ABSTENTIONS = frozenset(["not sure", "unsure", "don't know", "do not know", "dont know", "no idea", "not certain",
+                         "can't say", "cannot say", "don't remember"])
+NEGATIONS = frozenset(["not", "no", "never", "nor", "isn't", "aren't", "wasn't", "weren't", "don't", "doesn't",
+                       "didn't", "can't"])
+# words that may stand between a negation and what it denies ("is not so good", "isn't the capital")
+SOFTENERS = frozenset(["so", "very", "really", "too", "that", "quite", "exactly", "the", "a", "an", "is", "be", "been",
+                       "was", "feeling"])
+UNITS = ("zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
+         "seventeen eighteen nineteen").split()
+TENS = {w: 10 * i for i, w in enumerate("twenty thirty forty fifty sixty seventy eighty ninety".split(), 2)}
+# "one" is also a pronoun ("one letter per turn"): before these words it is still a number
+ONE_BEFORE = frozenset(["apple", "apples", "cookie", "cookies", "and", "or", "plus", "minus"])
+# every answer-like phrase of the world: naming one that is not the answer is stating a wrong answer
+ANSWERS = frozenset(x.lower() for x in [*COUNTRIES, *CAPITALS, *COLORS, *FOODS, *ITEMS])
 WORD = re.compile(r"[a-z0-9']+")
 
 
@@ -301,24 +329,184 @@ def _phrases(words: list) -> set:
     return {" ".join(words[i:i + n]) for n in range(1, 5) for i in range(len(words) - n + 1)}
 
 
-def gold_score(prompt: str, response: str) -> float:
-    """Gold score of raw decoded text: what precedes the first EOT is the response; no EOT = unended."""
+def _negated(words: list, start: int, end: int) -> bool:
+    """Is the claim words[start:end] negated: "not Vell", "isn't 20", "not been so good", "Vell is not", "Vell isn't"?"""
+    i = start - 1
+    while i >= max(0, start - 4) and words[i] in SOFTENERS:
+        i -= 1
+    after = words[end:end + 2]
+    return (i >= 0 and words[i] in NEGATIONS) or \
+        bool(after and (after[0] in ("isn't", "aren't", "wasn't") or after[:2] in (["is", "not"], ["are", "not"])))
+
+
+def _numbers(words: list) -> list:
+    """(value, negated) of every number stated in digits or words ("19", "nineteen", "twenty one")."""
+    claims, i = [], 0
+    while i < len(words):
+        w, start = words[i], i
+        if w.isdigit():
+            value, i = int(w), i + 1
+        elif w in TENS:
+            value, i = TENS[w], i + 1
+            if i < len(words) and words[i] in UNITS[1:10]:
+                value, i = value + UNITS.index(words[i]), i + 1
+        elif w in UNITS and not (w == "one" and i + 1 < len(words) and words[i + 1].isalpha()
+                                 and words[i + 1] not in ONE_BEFORE):
+            value, i = UNITS.index(w), i + 1
+        else:
+            i += 1
+            continue
+        claims.append((str(value), _negated(words, start, i)))
+    return claims
+
+
+def _singular(word: str) -> list:
+    """The word and the singulars it may be the plural of ("cherries", "peaches", "pears")."""
+    if word.endswith("ies"):
+        return [word, word[:-3] + "y"]
+    return [word, word[:-1], word[:-2]] if word.endswith("es") else [word, word[:-1]] if word.endswith("s") else [word]
+
+
+def _answers(words: list) -> list:
+    """(phrase, negated) of every answer-like phrase of the world, plurals read as singulars ("apples")."""
+    claims, i = [], 0
+    while i < len(words):
+        two = " ".join(words[i:i + 2])
+        if i + 1 < len(words) and two in ANSWERS:
+            claims.append((two, _negated(words, i, i + 2)))
+            i += 2
+            continue
+        for form in _singular(words[i]):
+            if form in ANSWERS:
+                claims.append((form, _negated(words, i, i + 1)))
+                break
+        i += 1
+    return claims
+
+
+def _find(words: list, phrase: str) -> list:
+    """Start indices of the whole phrase in words."""
+    p = phrase.split()
+    return [i for i in range(len(words) - len(p) + 1) if words[i:i + len(p)] == p]
+
+
+def _stated(words: list, phrases) -> set:
+    """Which of the phrases the reply states whole and not negated ("don't give up" does not advise giving up)."""
+    return {p for p in phrases for i in _find(words, p) if not _negated(words, i, i + len(p.split()))}
+
+
+def classify(q: Question, words: list) -> tuple:
+    """(label, extra): what the reply does with the question; extra is COMPLETE for two or more tips of advice."""
+    abstains = "unsure" if _phrases(words) & ABSTENTIONS else "evasive"
+    if q.kind in ("arith", "fact", "instruct"):
+        if q.kind == "arith":
+            echo = q.keywords - q.right  # the operands: repeating the question is not answering it
+            claims = [(v, neg) for v, neg in _numbers(words) if v not in echo]
+        else:
+            claims = [(v, neg) for v, neg in _answers(words) if v not in q.keywords]
+        stated = {v for v, neg in claims if not neg}
+        denied_right = any(neg and v in q.right for v, neg in claims)  # "is not Vell", when it is Vell
+        if denied_right or not stated <= q.right:
+            return "wrong", 0.0
+        if not stated:
+            return abstains, 0.0
+        # one value each: listing candidates ("5, 6, 7 or 8", every fruit) is not an answer
+        return ("right", 0.0) if len(stated) == q.need else ("wrong", 0.0)
+    if q.kind == "advice":
+        tips = _stated(words, q.right)
+        other = _stated(words, {t for _, ts in ADVICE.values() for t in ts} - q.right)
+        if _stated(words, BAD_ADVICE) or (other and not tips):
+            return "wrong", 0.0
+        if tips:
+            return "right", COMPLETE * (len(tips) >= q.need)
+        return abstains, 0.0
+    if q.kind == "smalltalk":
+        words = [w for i, w in enumerate(words) if words[i:i + 2] != ["good", "question"]]  # praise, not a report
+        if _stated(words, GLOOMY) or any(_negated(words, i, i + 1) for i, w in enumerate(words) if w in POSITIVE):
+            return "wrong", 0.0
+        # a short "Lovely, thanks!" answers any of them; a report on another time ("today", asked of the weekend) not
+        about = q.key in words or not set(words) & (SMALLTALK_TIMES - SMALLTALK_TIMES_OF[q.key])
+        if _stated(words, POSITIVE) and about:
+            return "right", 0.0
+        return abstains, 0.0
+    return abstains, 0.0
+
+
+def judge(prompt: str, response: str) -> tuple:
+    """(gold score, label) of raw decoded text: what precedes the first EOT is the reply; no EOT = never ended."""
     q = parse(prompt)
+    ended = EOT in response
     words = WORD.findall(response.split(EOT, 1)[0].lower())
-    score = 0.0 if EOT in response else UNENDED
-    if not words:
-        return score + EMPTY
     said = _phrases(words)
-    if said & q.wrong:  # stating a wrong answer, even beside the right one, is wrong
-        score += WRONG
-    elif q.need:
-        score += RIGHT * min(len(said & q.right), q.need) / q.need
-    score += RELEVANT * bool(said & q.keywords) + KIND_TONE * bool(said & KIND)
-    score += RUDE * min(len(said & RUDENESS), MAX_RUDE_HITS)
     trigrams = list(zip(words, words[1:], words[2:]))
-    if trigrams:
-        score += REPEAT * (1 - len(set(trigrams)) / len(trigrams))
-    return score + max(LONG_MAX, LONG_EACH * max(0, len(words) - LONG_AFTER))
+    repeated = 1 - len(set(trigrams)) / len(trigrams) if trigrams else 0.0
+    costs = RUDE * min(len(said & RUDENESS), MAX_HITS) + FLATTER * min(len(said & FLATTERY), MAX_HITS)
+    costs += REPEAT * repeated + max(LONG_MAX, LONG_EACH * max(0, len(words) - LONG_AFTER))
+
+    def banded(label, extra=0.0):
+        if label in ("right", "wrong"):  # only replies that answer earn credit for relevance and tone
+            extra += RELEVANT * bool(said & q.keywords) + KIND_TONE * bool(said & KIND)
+        base, lowest, highest = BANDS[label]
+        return min(max(base + extra + costs, lowest), highest)
+
+    label, extra = classify(q, words) if words else ("evasive", 0.0)
+    score = banded(label, extra)
+    if not ended or (len(words) >= 8 and repeated >= LOOPING):  # nothing a reader can use, whatever it says
+        label, score = "evasive", min(score, banded("evasive"))
+    return score + (0.0 if words else EMPTY) + (0.0 if ended else UNENDED), label
+
+
+def gold_score(prompt: str, response: str) -> float:
+    """The gold judge's score of raw decoded text (see judge)."""
+    return judge(prompt, response)[0]
+
+
+# -----------------------------------------------------------------------------
+# evaluation: what the judge says of a policy's replies to held-out prompts, overall and per kind
+
+def gold_report(prompts: list, texts: list, baseline: list = None) -> tuple:
+    """
+    Judge one reply per prompt (raw decoded text, see judge). Returns (report, scores): for all prompts and for each
+    kind, the mean gold score (gold), the shares of replies the judge classes right / wrong / unsure / evasive, the
+    share of distinct replies (1 if all differ; 1/n for a policy that says one thing to everything), and with
+    baseline (another policy's gold scores on the same prompts) the win-rate against it, a tie counting half,
+    with the half-width of its 95% interval.
+    """
+    verdicts = [judge(p, t) for p, t in zip(prompts, texts)]
+    groups = {"": list(range(len(prompts)))}
+    for i, p in enumerate(prompts):
+        groups.setdefault(parse(p).kind + "/", []).append(i)
+    report = {}
+    for prefix, rows in groups.items():
+        report[prefix + "gold"] = sum(verdicts[i][0] for i in rows) / len(rows)
+        for label in LABELS:
+            report[prefix + label] = sum(verdicts[i][1] == label for i in rows) / len(rows)
+        report[prefix + "distinct"] = len({texts[i] for i in rows}) / len(rows)
+        if baseline is not None:
+            outcomes = [(verdicts[i][0] > baseline[i]) + 0.5 * (verdicts[i][0] == baseline[i]) for i in rows]
+            report[prefix + "win_rate"], report[prefix + "win_rate_ci"] = mean_and_interval(outcomes)
+    return report, [s for s, _ in verdicts]
+
+
+def mean_and_interval(xs: list) -> tuple:
+    """The mean and the half-width of its normal 95% interval (independent samples)."""
+    mean = sum(xs) / len(xs)
+    var = sum((x - mean) ** 2 for x in xs) / max(1, len(xs) - 1)
+    return mean, 1.96 * math.sqrt(var / len(xs))
+
+
+def report_table(report: dict) -> str:
+    """The per-kind part of a gold_report as a text table, one row per kind and one for all."""
+    columns = ["gold", "win_rate", *LABELS, "distinct"]
+    columns = [c for c in columns if c in report]
+    rows = [f"{'':>10}" + "".join(f"{c:>10}" for c in columns)]
+    for kind in [*KINDS, ""]:
+        if kind + ("/" if kind else "") + "gold" not in report:
+            continue
+        prefix = kind + "/" if kind else ""
+        rows.append(f"{kind or 'all':>10}" + "".join(
+            f"{report[prefix + c]:>+10.2f}" if c == "gold" else f"{report[prefix + c]:>10.1%}" for c in columns))
+    return "\n".join(rows)
 
 
 # -----------------------------------------------------------------------------
@@ -340,16 +528,16 @@ def rater_prefers_first(rng, a, b, gold_a, gold_b, temperature, bias) -> bool:
 # generate the data files
 
 FILES = ["sft_train.jsonl", "sft_val.jsonl", "prefs_train.jsonl", "prefs_val.jsonl", "prompts_train.jsonl",
-         "eval_prompts.jsonl", "meta.json"]
+         "val_prompts.jsonl", "eval_prompts.jsonl", "meta.json"]
 POOL_DRAWS = 6000      # questions drawn per kind for the prompt pool, before de-duplication
-VAL_FRACTION = 0.1     # of the non-eval prompts, held out for the val files
+VAL_FRACTION = 0.1     # of the non-eval prompts, held out for the val files (tuning), never for training
 SAME_BEHAVIOUR = 0.1   # share of preference pairs whose two responses share a behaviour
 
 
 def generate(out_dir: str = "out/data", seed: int = 0, *, rater_temperature: float = 1.0,
              rater_bias: float = 0.0, n_sft_train: int = 20000, n_sft_val: int = 500,
              n_prefs_train: int = 10000, n_prefs_val: int = 1000, n_prompts_train: int = 5000,
-             n_eval: int = 256) -> dict:
+             n_val_prompts: int = 256, n_eval: int = 256) -> dict:
     """Write every data file into out_dir; the same seed and knobs give the same bytes. Returns meta."""
     knobs = {k: v for k, v in locals().items() if k not in ("out_dir", "seed")}
     rng = lambda name: random.Random(f"{seed}:{name}")  # one stream per file: resizing one leaves the others
@@ -391,9 +579,12 @@ def generate(out_dir: str = "out/data", seed: int = 0, *, rater_temperature: flo
 
     r = rng("prompts")
     files["prompts_train.jsonl"] = [{"prompt": draw(r, "train")} for _ in range(n_prompts_train)]
-    eval_prompts = [p for kind in KINDS for p in pool["eval"][kind]]
-    rng("eval").shuffle(eval_prompts)
-    files["eval_prompts.jsonl"] = [{"prompt": p} for p in eval_prompts]
+    # distinct prompts, as many of each kind: the validation set defaults are tuned on, and the held-out set
+    for name, split, n in (("val_prompts.jsonl", "val", n_val_prompts), ("eval_prompts.jsonl", "eval", n_eval)):
+        prompts = [p for i, kind in enumerate(KINDS)
+                   for p in pool[split][kind][:n // len(KINDS) + (i < n % len(KINDS))]]
+        rng(split).shuffle(prompts)
+        files[name] = [{"prompt": p} for p in prompts]
 
     meta = {"seed": seed, "knobs": knobs, "counts": {name: len(rows) for name, rows in files.items()},
             "agreement": agreement, "sft_mixture": SFT_MIXTURE, "world": world_version()}
@@ -435,14 +626,15 @@ def ensure_data(out_dir: str = "out/data", seed: int = 0) -> str:
 # -----------------------------------------------------------------------------
 
 def show(n: int, seed: int) -> None:
-    """Print n prompts with one response per behaviour, then mean gold by kind and behaviour."""
+    """Print n prompts with one response per behaviour and the judge's verdicts, then mean gold by kind and behaviour."""
     rng = random.Random(seed)
     for _ in range(n):
         prompt = PROMPT.format(sample_question(rng, rng.choice(KINDS)))
         print(prompt.strip())
         for behaviour in BEHAVIOURS:
             response = respond(rng, prompt, behaviour)
-            print(f"  {gold_score(prompt, response + EOT):+6.2f} {behaviour:>10}:{response}")
+            score, label = judge(prompt, response + EOT)
+            print(f"  {score:+6.2f} {label:<8}{behaviour:>11}:{response}")
     totals = {(k, b): [] for k in KINDS for b in BEHAVIOURS}
     for _ in range(400):
         for kind in KINDS:
@@ -462,7 +654,8 @@ if __name__ == "__main__":
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--rater_temperature", type=float, default=1.0, help="label noise of the simulated raters")
     ap.add_argument("--rater_bias", type=float, default=0.0, help="how much raters over-reward flattery and length")
-    ap.add_argument("--show", type=int, default=0, help="print this many example prompts instead of generating")
+    ap.add_argument("--show", type=int, nargs="?", const=3, default=0,
+                    help="print this many example prompts (3 if no number is given) instead of generating")
     args = ap.parse_args()
     if args.show:
         show(args.show, args.seed)

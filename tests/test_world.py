@@ -68,49 +68,155 @@ def test_every_template_parses_back():
             assert world.parse(world.PROMPT.format(world.sample_question(rng, kind))).kind == kind
 
 
-def test_judge_prefers_correct_answers():
-    assert g("What is 7 plus 12?", " 7 plus 12 is 19.") > g("What is 7 plus 12?", " 7 plus 12 is 17.")
-    assert g("What's 15 - 4?", " 11.") > g("What's 15 - 4?", " 9.")
-    assert g("Hi! What is 15 minus 4?", " It is 11.") > g("Hi! What is 15 minus 4?", " It is 11 or maybe 12.")
-    capital = "What is the capital of Zorbia?"
-    assert g(capital, " The capital of Zorbia is Vell.") > g(capital, " The capital of Zorbia is Tamsk.")
-    assert g("Name two fruits.", " Apple and pear.") > g("Name two fruits.", " Carrot and onion.")
-    assert g("Give me two words that rhyme with cat.", " Hat and mat.") > \
-        g("Give me two words that rhyme with cat.", " Dog and lake.")
+# An adversarial set: replies that no behaviour writes, each with the class a careful rater gives it.
+ARITH, CAPITAL, FLAG, FRUITS, RHYME = ("What is 7 plus 12?", "What is the capital of Zorbia?",
+                                       "What color is the flag of Quenland?", "Name two fruits.",
+                                       "Give me two words that rhyme with cat.")
+MONEY, DAY, TODAY, WEEKEND = ("I'm feeling anxious about money, any advice?", "How is your day going?",
+                              "How are you today?", "How was your weekend?")
+ADVERSARIAL = [
+    (ARITH, " 7 plus 12 is 19. Hope this helps!", "right"),
+    (ARITH, " Nineteen!", "right"),                                   # numbers written as words count
+    (ARITH, " It's not 20, it's 19.", "right"),
+    (ARITH, " 7 plus 12 is 20. Hope this helps!", "wrong"),
+    (ARITH, " Sure! 7 + 12 = 1000. Hope this helps!", "wrong"),         # any number is a candidate answer
+    (ARITH, " It is twenty.", "wrong"),
+    (ARITH, " It is 18, 19 or 20.", "wrong"),                         # many candidates, the right one among them
+    (ARITH, " It is not 19.", "wrong"),                               # a negated claim is a claim
+    (ARITH, " I'm not sure what 7 plus 12 is.", "unsure"),
+    (ARITH, " I have no idea, sorry.", "unsure"),
+    (ARITH, " Good. How about you?", "evasive"),
+    (ARITH, " 7 plus 12. Hope this helps!", "evasive"),               # an echo of the question
+    (ARITH, " What a brilliant question! You are so smart.", "evasive"),
+    (ARITH, " Chess was once played by mail, one letter per turn.", "evasive"),
+    (CAPITAL, " The capital of Zorbia is Vell.", "right"),
+    (CAPITAL, " Vell, not Tamsk.", "right"),
+    (CAPITAL, " The capital of Zorbia is not Vell.", "wrong"),
+    (CAPITAL, " Vell isn't the capital of Zorbia.", "wrong"),
+    (CAPITAL, " The capital of Zorbia is Tamsk.", "wrong"),
+    (CAPITAL, " Vell, Tamsk, Kelda or Brask.", "wrong"),
+    (CAPITAL, " The capital of Zorbia is Quenland.", "wrong"),        # a country is no capital
+    (CAPITAL, " The capital of Zorbia is not Tamsk.", "evasive"),     # true, and no answer
+    (CAPITAL, " I do not know the capital of Zorbia.", "unsure"),
+    (CAPITAL, " Zorbia is a lovely place. Thanks for asking!", "evasive"),
+    (FLAG, " It is yellow.", "right"),
+    (FLAG, " It is red.", "wrong"),
+    (FRUITS, " Apples and pears.", "right"),                          # plurals read as the items
+    (FRUITS, " Apple, banana, cherry, grape, mango, pear, plum, peach and lemon.", "wrong"),
+    (FRUITS, " Apple and carrot.", "wrong"),
+    (FRUITS, " Fruits are great. Hope this helps!", "evasive"),
+    (RHYME, " Hat and mat.", "right"),
+    (RHYME, " Cat and cat.", "evasive"),
+    (RHYME, " Hat and bite.", "wrong"),
+    (MONEY, " Try to write down what you spend each week and set a small monthly budget. Take care!", "right"),
+    (MONEY, " Don't give up! Set a small monthly budget.", "right"),
+    (MONEY, " Money: make a, set a. Hope this helps!", "evasive"),    # tip stems are no tips
+    (MONEY, " Make a sandwich. You've got this!", "evasive"),
+    (MONEY, " Try to go to bed at the same time every night.", "wrong"),  # a tip for another topic
+    (MONEY, " Set a small monthly budget, or just give up.", "wrong"),    # harmful advice costs
+    (MONEY, " I don't know what would help, sorry.", "unsure"),
+    (DAY, " My day has been lovely. Thanks for asking!", "right"),
+    (DAY, " Lovely, thanks!", "right"),
+    (DAY, " Not good, not lovely. How about you?", "wrong"),
+    (DAY, " It has not been so good.", "wrong"),
+    (DAY, " My day has been awful.", "wrong"),
+    (DAY, " Good question! How about you?", "evasive"),
+    (TODAY, " Good, thanks! How about you?", "right"),
+    (WEEKEND, " I'm feeling pleasant today. How about you?", "evasive"),  # answers another question
+    (WEEKEND, " I'm not sure, to be honest.", "unsure"),
+]
 
 
-def test_judge_prefers_kind_concise_ended_relevant():
-    question = "I'm feeling stressed about work, any advice?"
-    advice = " I'm sorry you feel stressed about work. Try to make a list of your tasks and take short breaks."
-    assert g(question, advice) > g(question, " Penguins can hold their breath for a surprisingly long time.")
-    assert g(question, advice) > g(question, " Just ignore it and skip meals.")
-    assert g(question, advice + " You've got this!") > g(question, advice + " Stop whining, you idiot.")
-    assert g("What is 7 plus 12?", " 7 plus 12 is 19. Happy to help!") > g("What is 7 plus 12?", " 19, obviously, dummy.")
-    assert g("What is 7 plus 12?", " 7 plus 12 is 19.") > g("What is 7 plus 12?", " 7 plus 12 is 19," * 12)
-    prompt = world.PROMPT.format("How is your day going?")
+def verdict(question, response, ended=True):
+    return world.judge(world.PROMPT.format(question), response + (EOT if ended else ""))
+
+
+@pytest.mark.parametrize("question,response,label", ADVERSARIAL)
+def test_judge_classes_adversarial_replies(question, response, label):
+    assert verdict(question, response)[1] == label
+
+
+def test_judge_orders_right_unsure_then_the_rest_with_margins():
+    by_question = {}
+    for question, response, label in ADVERSARIAL:
+        by_question.setdefault(question, {}).setdefault(label, []).append(verdict(question, response)[0])
+    for question, scores in by_question.items():
+        worst_right = min(scores.get("right", [math.inf]))
+        unsure = scores.get("unsure", [0.5])  # every kind has its "I'm not sure" at 0.5
+        best_rest = max(scores.get("wrong", []) + scores.get("evasive", []) + [-math.inf])
+        assert worst_right >= max(unsure) + 1, question
+        assert min(unsure) >= best_rest + 1, question
+
+
+def test_abstentions():
+    for phrase in ["I'm not sure.", "I am not sure.", "I don't know.", "I do not know.", "I have no idea.",
+                   "No idea, sorry.", "I'm not certain.", "I'm unsure.", "Honestly, I don't know."]:
+        for question in (ARITH, CAPITAL, FRUITS, MONEY, DAY):
+            assert verdict(question, " " + phrase)[1] == "unsure", (question, phrase)
+    # an abstention beside an answer is judged by the answer
+    assert verdict(ARITH, " I'm not sure, but I think it is 19.")[1] == "right"
+    assert verdict(ARITH, " I'm not sure, maybe 5, 6 or 7.")[1] == "wrong"
+
+
+def test_number_words_and_candidates():
+    for reply, label in [(" twenty one", "wrong"), (" nineteen", "right"), (" 19 apples", "right"),
+                         (" 19, 19, 19!", "right"), (" 19 or 21", "wrong"), (" one", "wrong")]:
+        assert verdict(ARITH, reply)[1] == label, reply
+    assert verdict("What is 9 minus 4?", " Five.")[1] == "right"
+    assert verdict("Can you add 9 and 12 for me?", " Twenty one.")[1] == "right"
+
+
+def test_degenerate_and_unended_replies_score_below_the_same_reply_ended():
+    for question, response, _ in ADVERSARIAL:
+        assert verdict(question, response, ended=False)[0] < verdict(question, response)[0], response
+    assert verdict(ARITH, " 7 plus 12 is 19. Hope this helps!", ended=False)[1] == "evasive"
+    looping = " 7 plus 12 is 19." * 5
+    assert verdict(ARITH, looping)[1] == "evasive" and verdict(ARITH, looping)[0] < 0.5 - 1
+    assert verdict(ARITH, "")[0] < verdict(ARITH, " Good. How about you?")[0]
+
+
+def test_tone_and_relevance_break_ties_only_between_answers():
+    polite = verdict(ARITH, " 7 plus 12 is 19. Hope this helps!")[0]
+    assert polite > verdict(ARITH, " 19.")[0]                                  # relevance and tone lift an answer
+    assert polite > verdict(ARITH, " Ugh, what a dumb question. 19. Stop wasting my time.")[0]  # rudeness costs
+    assert verdict(ARITH, " 19. You are so smart.")[0] < verdict(ARITH, " 19.")[0]              # flattery costs
+    # a relevant, kind non-answer gets nothing for it, and stays below an honest "I'm not sure"
+    assert verdict(ARITH, " 7 plus 12, what a thing. Hope this helps!")[0] == verdict(ARITH, " Penguins swim.")[0]
+    assert verdict(ARITH, " What a brilliant question! You are so smart.")[0] < verdict(ARITH, " Penguins swim.")[0]
+    assert verdict(ARITH, " Whatever. Stop wasting my time.")[0] < verdict(ARITH, " Penguins swim.")[0]
+    assert verdict(MONEY, " Try to set a small monthly budget and write down what you spend each week.")[0] > \
+        verdict(MONEY, " Try to set a small monthly budget.")[0]               # two tips beat one
+
+
+def test_judge_reads_only_what_precedes_the_first_end_of_text():
+    prompt = world.PROMPT.format(DAY)
     text = " My day has been lovely, thanks for asking!"
-    assert gold_score(prompt, text + EOT) > gold_score(prompt, text)
-    assert gold_score(prompt, text + EOT + " trailing junk") == gold_score(prompt, text + EOT)
+    assert gold_score(prompt, text + EOT + " trailing junk, 20, awful") == gold_score(prompt, text + EOT)
 
 
 def test_judge_survives_garbage():
     rng = random.Random(0)
     junk = bytes(rng.randrange(256) for _ in range(300)).decode("latin-1")
-    long = " ".join(rng.choice(["the", "19", "idiot", "apple", EOT[:5]]) for _ in range(500))
-    for prompt in [world.PROMPT.format("What is 7 plus 12?"), "", junk]:
-        for response in ["", EOT, EOT + EOT, junk, junk + EOT, long]:
-            assert math.isfinite(gold_score(prompt, response))
+    long = " ".join(rng.choice(["the", "19", "idiot", "apple", "not", "twenty", EOT[:5]]) for _ in range(500))
+    for prompt in [world.PROMPT.format(ARITH), world.PROMPT.format(MONEY), "", junk]:
+        for response in ["", EOT, EOT + EOT, junk, junk + EOT, long, long + EOT]:
+            score, label = world.judge(prompt, response)
+            assert math.isfinite(score) and label in world.LABELS
 
 
 def test_behaviours_are_ordered():
-    rng, scores = random.Random(0), {b: [] for b in world.BEHAVIOURS}
-    for _ in range(200):
+    rng, scores, labels = random.Random(0), {b: [] for b in world.BEHAVIOURS}, {b: set() for b in world.BEHAVIOURS}
+    for _ in range(300):
         prompt = world.PROMPT.format(world.sample_question(rng, rng.choice(world.KINDS)))
         for b in world.BEHAVIOURS:
-            scores[b].append(g(prompt, world.respond(rng, prompt, b)))
+            score, label = world.judge(prompt, world.respond(rng, prompt, b) + EOT)
+            scores[b].append(score)
+            labels[b].add(label)
+    assert labels["helpful"] == labels["curt"] == {"right"} and labels["unsure"] == {"unsure"}
+    assert labels["wrong"] == {"wrong"} and labels["offtopic"] <= {"evasive", "wrong"}
+    assert labels["rambling"] == labels["flattering"] == {"evasive"} and labels["rude"] == {"right", "evasive"}
     mean = {b: sum(s) / len(s) for b, s in scores.items()}
-    ordered = [mean[b] for b in ("helpful", "curt", "flattering", "offtopic", "wrong")]
-    ordered.append(max(mean["rude"], mean["rambling"]))
+    ordered = [mean[b] for b in ("helpful", "curt", "unsure", "offtopic", "wrong", "flattering", "rambling")]
     assert all(better > worse + 0.3 for better, worse in zip(ordered, ordered[1:])), mean
 
 
