@@ -53,6 +53,8 @@ def parse_config(cls, argv=None):
         help = f"{docs[f.name]} (default: {f.default!r})".replace("%", "%%")  # argparse formats help with %
         if f.type is bool:
             parser.add_argument(f"--{f.name}", action=argparse.BooleanOptionalAction, help=help)
+        elif f.type is tuple:  # several strings: --flag a b
+            parser.add_argument(f"--{f.name}", nargs="+", metavar="STR", help=help)
         else:
             parser.add_argument(f"--{f.name}", type=f.type, metavar=f.type.__name__.upper(), help=help)
     given = vars(parser.parse_args(argv))

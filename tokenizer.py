@@ -19,6 +19,10 @@ import tiktoken
 import tiktoken.load
 
 EOT = "<|endoftext|>"
+# HH-RLHF's conversation format: each turn is PROMPT.format(human text) followed by the reply, which starts with a
+# space; a prompt is the dialogue up to and including its last ASSISTANT
+ASSISTANT = "\n\nAssistant:"
+PROMPT = "\n\nHuman: {}" + ASSISTANT
 # GPT-2's pre-tokenizer: BPE merges never cross these chunks (words, numbers, punctuation runs, spaces)
 GPT2_SPLIT = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 
