@@ -77,7 +77,8 @@ def gold_verdict(prompt, text):
 
     if world.parse(prompt).kind == "unknown":
         return ""
-    return f"gold {world.gold_score(prompt, text):+.2f}"
+    score, label = world.judge(prompt, text)
+    return f"gold {score:+.2f}, {label}"
 
 
 def load(path, cfg, rt):

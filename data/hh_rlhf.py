@@ -18,10 +18,10 @@ import os
 from pathlib import Path
 
 from common import download_file
+from tokenizer import ASSISTANT
 
 URL = "https://huggingface.co/datasets/Anthropic/hh-rlhf/resolve/main/{subset}/{split}.jsonl.gz"
 SUBSETS = ["helpful-base", "harmless-base", "helpful-online", "helpful-rejection-sampled", "red-team-attempts"]
-ASSISTANT = "\n\nAssistant:"
 
 
 def split_dialogue(text):

@@ -20,9 +20,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
-from tokenizer import EOT
-
-PROMPT = "\n\nHuman: {}\n\nAssistant:"  # HH-RLHF's format; responses start with a space
+from tokenizer import EOT, PROMPT  # HH-RLHF's format; responses start with a space
 
 # -----------------------------------------------------------------------------
 # the world: a small table of made-up countries, and word lists for instructions.

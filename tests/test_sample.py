@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 import torch
 
-import data.hh_rlhf
 import data.world as world
 import sample
 from common import load_policy, save_checkpoint, setup_runtime
@@ -54,8 +53,7 @@ def enc(ckpts):
     return load_tokenizer(str(ckpts / "tok.tiktoken"))
 
 
-def test_the_format_is_the_one_the_data_is_written_in():
-    assert PROMPT == world.PROMPT and PROMPT.endswith(data.hh_rlhf.ASSISTANT)
+def test_a_question_is_asked_as_one_turn_and_a_dialogue_as_it_is():
     assert sample.as_dialogue("Hi?") == "\n\nHuman: Hi?\n\nAssistant:"
     assert sample.as_dialogue(OTHER) == OTHER
 
@@ -135,8 +133,8 @@ def test_compare_shows_each_checkpoint_with_its_gold_score(ckpts, tmp_path, caps
     prompt = PROMPT.format(ARITH)
     assert world.gold_score(prompt, EOT) != world.gold_score(prompt, "")
     assert out == (f"==={prompt}\n"
-                   f"--- {a} #1 (gold {world.gold_score(prompt, a_arith):+.2f})\n{a_arith}\n"
-                   f"--- {b} #1 (gold {world.gold_score(prompt, EOT):+.2f})\n{EOT}\n"
+                   f"--- {a} #1 (gold {world.gold_score(prompt, a_arith):+.2f}, {world.judge(prompt, a_arith)[1]})\n{a_arith}\n"
+                   f"--- {b} #1 (gold {world.gold_score(prompt, EOT):+.2f}, evasive)\n{EOT}\n"
                    f"==={OTHER}\n"
                    f"--- {a} #1\n{a_other}\n"
                    f"--- {b} #1\n{EOT}\n")
