@@ -270,6 +270,26 @@ def download_file(url, target):
     return target
 
 
+GPT2_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
+
+
+def pretrained_dir(name_or_path, cache_dir=None):
+    """
+    The Hugging Face checkpoint directory that GPT.from_pretrained reads: name_or_path itself, or for one of
+    OpenAI's GPT-2 names its config.json and model.safetensors, downloaded once into cache_dir (default
+    $RLHF_CACHE, else ~/.cache/rlhf-from-scratch).
+    """
+    if Path(name_or_path).is_dir():
+        return Path(name_or_path)
+    if name_or_path not in GPT2_NAMES:
+        raise FileNotFoundError(f"{name_or_path} is neither a checkpoint directory nor one of {GPT2_NAMES}")
+    cache_dir = Path(cache_dir or os.environ.get("RLHF_CACHE", Path.home() / ".cache" / "rlhf-from-scratch"))
+    for file in ("config.json", "model.safetensors"):
+        download_file(f"https://huggingface.co/openai-community/{name_or_path}/resolve/main/{file}",
+                      cache_dir / name_or_path / file)
+    return cache_dir / name_or_path
+
+
 def builtin_task_paths(data_dir="out/data", tokenizer_path="out/tokenizer.tiktoken", vocab_size=2048):
     """Generate the built-in task and train its tokenizer, if not done yet. Returns (data_dir, tokenizer spec)."""
     from data.world import ensure_data

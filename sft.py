@@ -21,8 +21,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from common import (MetricsLog, batch_at, builtin_task_paths, check_finite, decode_responses, encode_prompts,
-                    fit_to_context, gold_eval, load_policy, lr_at, pad, print_config, print_samples, read_jsonl,
-                    restore_training, run_config, sample, save_checkpoint, setup_runtime, training_state)
+                    fit_to_context, gold_eval, load_policy, lr_at, pad, pretrained_dir, print_config, print_samples,
+                    read_jsonl, restore_training, run_config, sample, save_checkpoint, setup_runtime, training_state)
 from model import GPT, GPTConfig
 from tokenizer import load_tokenizer, render
 
@@ -131,7 +131,7 @@ def main(argv=None):
         model, tokenizer_spec, _ = load_policy(cfg.init_from)
         enc = load_tokenizer(tokenizer_spec)
     else:
-        model = GPT.from_pretrained(cfg.init_from)
+        model = GPT.from_pretrained(pretrained_dir(cfg.init_from))
         tokenizer_spec = cfg.tokenizer or "gpt2"
         enc = load_tokenizer(tokenizer_spec)
     if enc.n_vocab > model.config.vocab_size:
