@@ -326,4 +326,7 @@ def convert_hf_gpt2(hf_state, our_state):
     missing = [k for k in our_state if k not in state]
     if missing:
         raise KeyError(f"missing from the GPT-2 checkpoint: {', '.join(missing)}")
+    if not torch.equal(state["lm_head.weight"], state["transformer.wte.weight"]):  # loading both would keep one
+        raise ValueError("the checkpoint's lm_head.weight differs from its wte.weight: this GPT ties its output layer "
+                         "to the input embedding, as GPT-2 does, so it cannot load a model trained with them untied")
     return state

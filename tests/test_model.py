@@ -208,6 +208,16 @@ def test_from_pretrained_names_bad_keys(tmp_path, edit, message):
         GPT.from_pretrained(str(tmp_path))
 
 
+def test_from_pretrained_refuses_an_untied_output_layer(tmp_path):
+    model = tiny(5)
+    write_config(tmp_path / "config.json", model.config)
+    state = hf_state(model, "transformer.")
+    state["lm_head.weight"] = model.lm_head.weight.detach() + 0.01  # trained apart from the input embedding
+    torch.save(state, tmp_path / "pytorch_model.bin")
+    with pytest.raises(ValueError, match="lm_head.weight differs from its wte.weight"):
+        GPT.from_pretrained(tmp_path)
+
+
 def test_from_pretrained_by_name_uses_the_download_cache(tmp_path):
     """A GPT-2 name resolves to the download cache, filled once: a filled cache needs no network."""
     model = tiny(6)
