@@ -128,11 +128,28 @@ def save_checkpoint(path, obj):
     os.replace(tmp, path)
 
 
-def load_checkpoint(path):
+# every checkpoint records its kind, so that a loader handed the wrong file can say so in one line
+CHECKPOINT_KINDS = {"policy": "sft.py or dpo.py", "reward_model": "reward.py", "ppo_policy": "ppo.py"}
+
+
+def load_checkpoint(path, kinds=None, flag=None):
+    """
+    One of our checkpoints. kinds: those the caller can use (see CHECKPOINT_KINDS); a checkpoint of another
+    kind, or of none (written before checkpoints recorded theirs), stops with what it is and what `flag` needs.
+    """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no checkpoint at {path}: run the stage that writes it first")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    if kinds is not None and ckpt.get("kind") not in kinds:
+        needs = f"{flag or 'this'} needs " + " or ".join(f"a {k} checkpoint (written by {CHECKPOINT_KINDS[k]})"
+                                                        for k in kinds)
+        if "kind" not in ckpt:
+            raise ValueError(f"{path} records no kind: an older version of this code wrote it; {needs}, "
+                             f"so run that stage again")
+        kind = ckpt["kind"]
+        raise ValueError(f"{path} is a {kind} checkpoint (written by {CHECKPOINT_KINDS[kind]}); {needs}")
+    return ckpt
 
 
 def training_state(optimizer, scaler):
@@ -171,9 +188,9 @@ def run_config(cls, argv=None):
     return cls(**{**saved, **{name: getattr(cfg, name) for name in given}}), ckpt_path, resumed
 
 
-def load_policy(path):
-    """A GPT and its tokenizer from one of our checkpoints."""
-    ckpt = load_checkpoint(path)
+def load_policy(path, flag=None):
+    """A GPT, its tokenizer and its checkpoint, from a policy checkpoint (ppo.py's too, without its value head)."""
+    ckpt = load_checkpoint(path, ("policy", "ppo_policy"), flag)
     model = GPT(GPTConfig(**ckpt["model_config"]))
     model.load_state_dict(ckpt["model"])
     return model, ckpt["tokenizer"], ckpt

@@ -145,9 +145,9 @@ def main(argv=None):
             raise SystemExit("with --train_file, also give --val_file and --eval_prompts")
         train_file, val_file, prompts_file = cfg.train_file, cfg.val_file, cfg.eval_prompts
 
-    policy, tokenizer_spec, _ = load_policy(cfg.sft_ckpt)
+    policy, tokenizer_spec, _ = load_policy(cfg.sft_ckpt, "--sft_ckpt")
     policy.to(rt.device)
-    ref = frozen(load_policy(cfg.sft_ckpt)[0]).to(rt.device)
+    ref = frozen(load_policy(cfg.sft_ckpt, "--sft_ckpt")[0]).to(rt.device)
     enc = load_tokenizer(tokenizer_spec)
     eot = enc.eot_token
     max_len = policy.config.block_size
@@ -189,8 +189,9 @@ def main(argv=None):
     log = MetricsLog(cfg.out_dir, resume=bool(resumed))
 
     def checkpoint(step, **extra):
-        save_checkpoint(ckpt_path, {"model": policy.state_dict(), "model_config": asdict(policy.config),
-                                    "tokenizer": tokenizer_spec, "config": asdict(cfg), "step": step,
+        save_checkpoint(ckpt_path, {"kind": "policy", "model": policy.state_dict(),
+                                    "model_config": asdict(policy.config), "tokenizer": tokenizer_spec,
+                                    "config": asdict(cfg), "step": step,
                                     **training_state(optimizer, rt.scaler), **extra})
 
     @torch.no_grad()
@@ -200,7 +201,7 @@ def main(argv=None):
         losses, chosen_rewards, rejected_rewards = dpo_loss(c, r, *ref_val, cfg.beta, cfg.loss_type,
                                                             cfg.label_smoothing)
         batches = sample(policy, prompt_ids, rt, eot, cfg.max_new_tokens, cfg.temperature, 64, cfg.seed + 1)
-        reference = ref if cfg.recompute_ref else frozen(load_policy(cfg.sft_ckpt)[0]).to(rt.device)
+        reference = ref if cfg.recompute_ref else frozen(load_policy(cfg.sft_ckpt, "--sft_ckpt")[0]).to(rt.device)
         kl = sequence_kl(policy, reference, batches, rt, cfg.temperature)
         report = {"loss": losses.mean().item(),
                   "rewards/accuracies": (chosen_rewards > rejected_rewards).float().mean().item(),

@@ -79,9 +79,9 @@ class RewardModel(nn.Module):
         return self.head(hidden[torch.arange(ids.size(0), device=ids.device), last]).float() + self.bias
 
 
-def load_reward_model(path="out/reward/ckpt.pt"):
+def load_reward_model(path="out/reward/ckpt.pt", flag=None):
     """The trained, normalised reward model of a checkpoint and its tokenizer spec."""
-    ckpt = load_checkpoint(path)
+    ckpt = load_checkpoint(path, ("reward_model",), flag)
     rm = RewardModel(GPTConfig(**ckpt["model_config"]))
     rm.load_state_dict(ckpt["model"])
     return rm, ckpt["tokenizer"]
@@ -180,7 +180,7 @@ def main(argv=None):
 
     # the SFT model twice: a frozen policy to sample from, and the trunk of the reward model.
     # Dropout off: a reward must be a deterministic function of the text.
-    policy, tokenizer_spec, sft = load_policy(cfg.sft_ckpt)
+    policy, tokenizer_spec, sft = load_policy(cfg.sft_ckpt, "--sft_ckpt")
     enc = load_tokenizer(tokenizer_spec)
     rm = RewardModel(GPTConfig(**{**sft["model_config"], "dropout": 0.0}))
     rm.gpt.load_state_dict(sft["model"])
@@ -211,8 +211,9 @@ def main(argv=None):
     log = MetricsLog(cfg.out_dir, resume=bool(resumed))
 
     def checkpoint(step, **extra):
-        save_checkpoint(ckpt_path, {"model": rm.state_dict(), "model_config": asdict(rm.gpt.config),
-                                    "tokenizer": tokenizer_spec, "config": asdict(cfg), "step": step,
+        save_checkpoint(ckpt_path, {"kind": "reward_model", "model": rm.state_dict(),
+                                    "model_config": asdict(rm.gpt.config), "tokenizer": tokenizer_spec,
+                                    "config": asdict(cfg), "step": step,
                                     **training_state(optimizer, rt.scaler), **extra})
 
     bar = tqdm(range(step, cfg.max_steps), initial=step, total=cfg.max_steps, desc="reward", dynamic_ncols=True)

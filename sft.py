@@ -128,7 +128,7 @@ def main(argv=None):
         model = GPT(GPTConfig(block_size=cfg.block_size, vocab_size=enc.n_vocab, n_layer=cfg.n_layer,
                               n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=cfg.dropout))
     elif cfg.init_from.endswith(".pt"):
-        model, tokenizer_spec, _ = load_policy(cfg.init_from)
+        model, tokenizer_spec, _ = load_policy(cfg.init_from, "--init_from")
         enc = load_tokenizer(tokenizer_spec)
     else:
         model = GPT.from_pretrained(pretrained_dir(cfg.init_from))
@@ -154,8 +154,9 @@ def main(argv=None):
 
     def checkpoint(step, **extra):
         if rt.master:
-            save_checkpoint(ckpt_path, {"model": model.state_dict(), "model_config": asdict(model.config),
-                                        "tokenizer": tokenizer_spec, "config": asdict(cfg), "step": step,
+            save_checkpoint(ckpt_path, {"kind": "policy", "model": model.state_dict(),
+                                        "model_config": asdict(model.config), "tokenizer": tokenizer_spec,
+                                        "config": asdict(cfg), "step": step,
                                         **training_state(optimizer, rt.scaler), **extra})
 
     model.train()

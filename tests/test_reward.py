@@ -85,7 +85,8 @@ def tiny_task(tmp_path):
     save_bpe(train_bpe([r["prompt"] + r["chosen"] + r["rejected"] for r in rows], 300), tok)
     torch.manual_seed(0)
     gpt = GPT(GPTConfig(block_size=64, vocab_size=300, n_layer=1, n_head=2, n_embd=32))
-    save_checkpoint(tmp_path / "sft.pt", {"model": gpt.state_dict(), "model_config": asdict(gpt.config), "tokenizer": tok})
+    save_checkpoint(tmp_path / "sft.pt", {"kind": "policy", "model": gpt.state_dict(), "model_config": asdict(gpt.config),
+                                          "tokenizer": tok})
     return tmp_path
 
 
