@@ -326,15 +326,20 @@ def builtin_task_paths(data_dir="out/data", tokenizer_path="out/tokenizer.tiktok
 
 
 class MetricsLog:
-    """Every logged step as one JSON line in out/<stage>/metrics.jsonl (appended to on --resume)."""
+    """
+    Every logged step as one JSON line in out/<stage>/metrics.jsonl. A fresh run starts it empty; a run resumed
+    from a checkpoint of step resume_step keeps the lines up to that step and drops those after it, which the
+    interrupted run logged and the resumed one logs again.
+    """
 
-    def __init__(self, out_dir, resume=False, enabled=True):
+    def __init__(self, out_dir, resume_step=None, enabled=True):
         self.path = Path(out_dir) / "metrics.jsonl"
         self.enabled = enabled  # under torchrun only the master process writes
         if enabled:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            if not resume:
-                self.path.write_text("")
+            lines = self.path.read_text().splitlines(keepends=True) if self.path.exists() else []
+            kept = [] if resume_step is None else [l for l in lines if json.loads(l)["step"] <= resume_step]
+            self.path.write_text("".join(kept))
 
     def log(self, step, **metrics):
         if self.enabled:

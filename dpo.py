@@ -186,7 +186,7 @@ def main(argv=None):
     if resumed:
         step = restore_training(resumed, policy, optimizer, rt.scaler)
         print(f"resumed from {ckpt_path} at step {step}")
-    log = MetricsLog(cfg.out_dir, resume=bool(resumed))
+    log = MetricsLog(cfg.out_dir, resume_step=step if resumed else None)
 
     def checkpoint(step, **extra):
         save_checkpoint(ckpt_path, {"kind": "policy", "model": policy.state_dict(),

@@ -208,7 +208,7 @@ def main(argv=None):
         step = restore_training(resumed, rm, optimizer, rt.scaler)
         print(f"resumed from {ckpt_path} at step {step}")
     train_rm = torch.compile(rm) if cfg.compile else rm
-    log = MetricsLog(cfg.out_dir, resume=bool(resumed))
+    log = MetricsLog(cfg.out_dir, resume_step=step if resumed else None)
 
     def checkpoint(step, **extra):
         save_checkpoint(ckpt_path, {"kind": "reward_model", "model": rm.state_dict(),

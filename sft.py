@@ -150,7 +150,7 @@ def main(argv=None):
     train_model = torch.compile(model) if cfg.compile else model
     if rt.world_size > 1:
         train_model = DDP(train_model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
-    log = MetricsLog(cfg.out_dir, resume=bool(resumed), enabled=rt.master)
+    log = MetricsLog(cfg.out_dir, resume_step=step if resumed else None, enabled=rt.master)
 
     def checkpoint(step, **extra):
         if rt.master:

@@ -104,30 +104,33 @@ def tiny_args(d, out):
             "--max_new_tokens", "8", "--dropout", "0.1"]
 
 
-def test_resume_after_interruption_gives_the_same_weights(tiny_data, monkeypatch):
+def test_resume_after_a_kill_gives_the_same_weights_and_metrics(tiny_data, monkeypatch):
     sft.main(tiny_args(tiny_data, "straight"))
     straight = common.load_checkpoint(tiny_data / "straight" / "ckpt.pt")
 
-    real_save = sft.save_checkpoint
+    real_lr_at = sft.lr_at
 
-    def save_then_crash(path, obj):  # the process dies right after its first checkpoint (step 4 of 8)
-        real_save(path, obj)
-        raise KeyboardInterrupt
+    def killed_at_step_6(step, *args):  # two steps after the checkpoint of step 4, both already logged
+        if step == 6:
+            raise KeyboardInterrupt
+        return real_lr_at(step, *args)
 
-    monkeypatch.setattr(sft, "save_checkpoint", save_then_crash)
+    monkeypatch.setattr(sft, "lr_at", killed_at_step_6)
     with pytest.raises(KeyboardInterrupt):
         sft.main(tiny_args(tiny_data, "interrupted"))
     assert common.load_checkpoint(tiny_data / "interrupted" / "ckpt.pt")["step"] == 4
-    monkeypatch.setattr(sft, "save_checkpoint", real_save)
+    monkeypatch.setattr(sft, "lr_at", real_lr_at)
     sft.main(["--out_dir", str(tiny_data / "interrupted"), "--resume"])
     resumed = common.load_checkpoint(tiny_data / "interrupted" / "ckpt.pt")
 
     assert resumed["step"] == straight["step"] == 8
     for k, v in straight["model"].items():
         assert torch.equal(v, resumed["model"][k]), k
-    # metrics.jsonl goes on where it stopped: steps 1..8 once each
-    steps = [json.loads(l)["step"] for l in (tiny_data / "interrupted" / "metrics.jsonl").read_text().splitlines()]
-    assert steps[:8] == list(range(1, 9))
+    # metrics.jsonl dropped the steps 5 and 6 that the checkpoint does not hold: each step once, in order, then
+    # the final summary, exactly as the uninterrupted run logged them
+    read = lambda run: [json.loads(l) for l in (tiny_data / run / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in read("interrupted")] == list(range(1, 9)) + [8]
+    assert [m["loss"] for m in read("interrupted")[:8]] == [m["loss"] for m in read("straight")[:8]]
 
 
 def test_non_finite_loss_stops_with_clear_error(tiny_data, monkeypatch):
