@@ -252,6 +252,20 @@ def fit_to_context(ids, mask, max_len):
     return ids[start:start + max_len], mask[start:start + max_len], True
 
 
+def fit_pair_to_context(chosen, rejected, max_len):
+    """
+    fit_to_context for the two sides of a preference pair, each (ids, mask) of the same prompt and its response.
+    The prompt is cut once, as the rule cuts it for the longer side, so that both responses follow the same
+    prompt tokens (DPO's log Z(x) cancels only then, and a reward model compares the two in the same context);
+    then each response is cut on its own. Returns (chosen, rejected, was_truncated).
+    """
+    longer = max(chosen, rejected, key=lambda side: len(side[0]))
+    _, kept_mask, truncated = fit_to_context(*longer, max_len)
+    start = longer[1].index(1) - kept_mask.index(1)  # prompt tokens dropped on the left, on both sides
+    chosen, rejected = ((ids[start:start + max_len], mask[start:start + max_len]) for ids, mask in (chosen, rejected))
+    return chosen, rejected, truncated
+
+
 def pad(seqs, pad_id, left=False):
     """[B, T] tensor of variable-length lists, padded on the right (or left), and the mask of real entries."""
     width = max(len(s) for s in seqs)

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from common import (MetricsLog, batch_at, builtin_task_paths, check_finite, decode_responses, encode_prompts,
-                    fit_to_context, frozen, gold_eval, load_policy, lr_at, pad, print_config, print_samples,
+                    fit_pair_to_context, frozen, gold_eval, load_policy, lr_at, pad, print_config, print_samples,
                     read_jsonl, restore_training, run_config, sample, save_checkpoint, sequence_kl, setup_runtime,
                     token_logprobs, training_state, win_rate)
 from tokenizer import load_tokenizer, render
@@ -86,12 +86,10 @@ def load_pairs(path, enc, max_len):
     """Rendered (chosen ids, chosen mask, rejected ids, rejected mask) of a {prompt, chosen, rejected} file."""
     pairs, truncated = [], 0
     for rec in read_jsonl(path, ("prompt", "chosen", "rejected")):
-        # each side is fitted on its own: a long pair may keep less prompt on one side, but policy and
-        # reference always score the same tokens, so each log-ratio stays consistent
-        c_ids, c_mask, c_cut = fit_to_context(*render(enc, rec["prompt"], rec["chosen"]), max_len)
-        r_ids, r_mask, r_cut = fit_to_context(*render(enc, rec["prompt"], rec["rejected"]), max_len)
+        chosen, rejected = (render(enc, rec["prompt"], rec[side]) for side in ("chosen", "rejected"))
+        (c_ids, c_mask), (r_ids, r_mask), cut = fit_pair_to_context(chosen, rejected, max_len)
         pairs.append((c_ids, c_mask, r_ids, r_mask))
-        truncated += c_cut or r_cut
+        truncated += cut
     print(f"{path}: {len(pairs)} pairs, {truncated} truncated to {max_len} tokens")
     return pairs
 

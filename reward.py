@@ -22,7 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from common import (MetricsLog, batch_at, builtin_task_paths, check_finite, encode_prompts, fit_to_context,
+from common import (MetricsLog, batch_at, builtin_task_paths, check_finite, encode_prompts, fit_pair_to_context,
                     load_checkpoint, load_policy, lr_at, pad, print_config, read_jsonl, restore_training, run_config,
                     sample, save_checkpoint, setup_runtime, training_state)
 from model import GPT, GPTConfig, ScalarHead
@@ -105,10 +105,10 @@ def load_pairs(path, enc, max_len):
     records = read_jsonl(path, ("prompt", "chosen", "rejected"))
     pairs, truncated = [], 0
     for rec in records:
-        chosen, _, cut_c = fit_to_context(*render(enc, rec["prompt"], rec["chosen"]), max_len)
-        rejected, _, cut_r = fit_to_context(*render(enc, rec["prompt"], rec["rejected"]), max_len)
+        chosen, rejected = (render(enc, rec["prompt"], rec[side]) for side in ("chosen", "rejected"))
+        (chosen, _), (rejected, _), cut = fit_pair_to_context(chosen, rejected, max_len)
         pairs.append((chosen, rejected))
-        truncated += cut_c or cut_r
+        truncated += cut
     print(f"{path}: {len(pairs)} pairs, {truncated} truncated to {max_len} tokens")
     return records, pairs
 
