@@ -144,7 +144,9 @@ def main(argv=None):
         train_file, val_file, prompts_file = cfg.train_file, cfg.val_file, cfg.eval_prompts
 
     policy, tokenizer_spec, _ = load_policy(cfg.sft_ckpt, "--sft_ckpt")
-    policy.to(rt.device)
+    # dropout off for good, whatever SFT used, as in PPO and the reward model: it would make the log-probs noisy,
+    # and the policy would differ from the reference before its first step
+    policy.to(rt.device).eval()
     ref = frozen(load_policy(cfg.sft_ckpt, "--sft_ckpt")[0]).to(rt.device)
     enc = load_tokenizer(tokenizer_spec)
     eot = enc.eot_token
@@ -194,7 +196,6 @@ def main(argv=None):
 
     @torch.no_grad()
     def evaluate():
-        policy.eval()
         c, r = all_pair_logps(policy, val, eot, rt, 2 * cfg.batch_size)
         losses, chosen_rewards, rejected_rewards = dpo_loss(c, r, *ref_val, cfg.beta, cfg.loss_type,
                                                             cfg.label_smoothing)
@@ -209,10 +210,8 @@ def main(argv=None):
             report.update(gold, win_rate=win_rate(scores, sft_scores))
         else:
             texts, scores = decode_responses(enc, batches), None
-        policy.train()
         return report, texts, scores
 
-    policy.train()
     bar = tqdm(range(step, cfg.max_steps), initial=step, total=cfg.max_steps, desc="dpo", dynamic_ncols=True)
     for step in bar:
         lr = lr_at(step, cfg.max_steps, cfg.lr, cfg.warmup_steps)

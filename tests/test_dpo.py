@@ -188,6 +188,17 @@ def test_smoke_own_jsonl_recomputing_the_reference(workdir, tmp_path):
     assert "kl" in torch.load(tmp_path / "dpo" / "ckpt.pt", weights_only=True)["summary"]
 
 
+def test_loss_at_step_0_is_ln2_even_after_sft_with_dropout(workdir):
+    """DPO runs with dropout off, whatever SFT used: the policy is the reference before its first step."""
+    run(workdir, "sft.py", "--max_steps", "2", "--n_layer", "1", "--n_head", "2", "--n_embd", "32", "--batch_size",
+        "4", "--n_eval", "4", "--max_new_tokens", "8", "--dropout", "0.1", "--out_dir", "out/sft_dropout")
+    assert torch.load(workdir / "out" / "sft_dropout" / "ckpt.pt", weights_only=True)["model_config"]["dropout"] == 0.1
+    run(workdir, "dpo.py", *TINY, "--max_steps", "1", "--sft_ckpt", "out/sft_dropout/ckpt.pt", "--recompute_ref",
+        "--out_dir", "out/dpo_dropout")
+    first = read_metrics(workdir / "out" / "dpo_dropout")[0]
+    assert first["rewards/margins"] == 0 and first["loss"] == pytest.approx(math.log(2), abs=1e-6)
+
+
 def test_resume_after_interruption_gives_the_same_weights(workdir, monkeypatch):
     monkeypatch.chdir(workdir)
     dpo.main(TINY + ["--out_dir", "out/straight"])
