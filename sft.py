@@ -40,8 +40,8 @@ class Config:
     n_embd: int = 128  # from scratch only: width
     block_size: int = 128  # longest sequence in tokens; longer examples are truncated (see common.fit_to_context)
     dropout: float = 0.0  # from scratch only: dropout during SFT (later stages always run without)
-    batch_size: int = 32  # sequences per micro-batch
-    grad_accum: int = 1  # micro-batches per optimizer step
+    batch_size: int = 32  # sequences per micro-batch, shared out among the processes under torchrun
+    grad_accum: int = 1  # micro-batches per optimizer step (the loss is the token mean over all of them)
     max_steps: int = 600  # optimizer steps
     lr: float = 2e-3  # peak learning rate
     warmup_steps: int = 30  # linear warmup steps
@@ -105,6 +105,9 @@ def val_loss(model, examples, cfg, rt, pad_id):
 def main(argv=None):
     cfg, ckpt_path, resumed = run_config(Config, argv)
     rt = setup_runtime(cfg.device, cfg.dtype, cfg.seed)
+    if cfg.batch_size < rt.world_size:
+        raise SystemExit(f"--batch_size {cfg.batch_size} is smaller than the {rt.world_size} processes, which each "
+                         f"take a slice of every micro-batch: give at least {rt.world_size}, or run fewer processes")
     say = print if rt.master else lambda *a, **k: None
     say("sft config:")
     if rt.master:
@@ -167,18 +170,20 @@ def main(argv=None):
         lr = lr_at(step, cfg.max_steps, cfg.lr, cfg.warmup_steps)
         for group in optimizer.param_groups:
             group["lr"] = lr
+        batches = [[train[i] for i in batch_at(len(train), cfg.batch_size, step * cfg.grad_accum + micro, cfg.seed)]
+                   for micro in range(cfg.grad_accum)]
+        # the loss is the mean over every trained token of the step, in all micro-batches of all processes, so each
+        # micro-batch's mean is weighed by its share of those tokens (a mean of micro-batch means would not be)
+        n_trained = sum(sum(m[1:]) for batch in batches for _, m in batch)
         loss_sum = 0.0
-        for micro in range(cfg.grad_accum):
-            batch = [train[i] for i in batch_at(len(train), cfg.batch_size, step * cfg.grad_accum + micro, cfg.seed)]
-            # under torchrun each process takes every world_size-th sequence of the same batch, and weighs its
-            # mean by its share of the batch's trained tokens: the averaged gradient is the one-process gradient
-            mine = batch[rt.rank::rt.world_size]
-            share = sum(sum(m[1:]) for _, m in mine) / sum(sum(m[1:]) for _, m in batch)
+        for micro, batch in enumerate(batches):
+            mine = batch[rt.rank::rt.world_size]  # under torchrun each process takes a slice of the same batch
+            share = sum(sum(m[1:]) for _, m in mine) / n_trained
             ids, loss_mask = collate(mine, enc.eot_token, rt.device)
             sync = micro == cfg.grad_accum - 1 or rt.world_size == 1
             with contextlib.nullcontext() if sync else train_model.no_sync():
                 with rt.autocast():
-                    loss = sft_loss(train_model, ids, loss_mask) * share / cfg.grad_accum
+                    loss = sft_loss(train_model, ids, loss_mask) * share
                 rt.scaler.scale(loss * rt.world_size).backward()  # x world_size: DDP averages over processes
             loss_sum += loss.item()
             tokens_seen += ids.numel()

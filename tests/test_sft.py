@@ -133,6 +133,35 @@ def test_resume_after_a_kill_gives_the_same_weights_and_metrics(tiny_data, monke
     assert [m["loss"] for m in read("interrupted")[:8]] == [m["loss"] for m in read("straight")[:8]]
 
 
+def test_gradient_accumulation_equals_one_batch(tiny_data):
+    """Two micro-batches of 4 make the step of one batch of 8: the loss is the mean over all their trained tokens."""
+    # responses of different lengths: micro-batches of different numbers of trained tokens, which a mean of
+    # micro-batch means would weigh wrongly
+    rows = [json.loads(l) for l in (tiny_data / "train.jsonl").read_text().splitlines()]
+    (tiny_data / "train.jsonl").write_text("".join(json.dumps({**r, "response": r["response"] + " Sure." * (i % 5)})
+                                                   + "\n" for i, r in enumerate(rows)))
+    enc = sft.load_tokenizer(str(tiny_data / "tok.tiktoken"))
+    train = sft.load_examples(tiny_data / "train.jsonl", enc, 128)
+    counts = [sum(sum(train[i][1][1:]) for i in common.batch_at(len(train), 4, k, 0)) for k in range(6)]
+    assert all(counts[k] != counts[k + 1] for k in (0, 2, 4))
+    steps = ["--max_steps", "3", "--dropout", "0"]
+    accumulated = sft.main(tiny_args(tiny_data, "accumulated") + steps + ["--batch_size", "4", "--grad_accum", "2"])
+    whole = sft.main(tiny_args(tiny_data, "whole") + steps)
+    a = common.load_checkpoint(tiny_data / "accumulated" / "ckpt.pt")["model"]
+    b = common.load_checkpoint(tiny_data / "whole" / "ckpt.pt")["model"]
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=1e-5)
+    assert accumulated["val_loss"] == pytest.approx(whole["val_loss"], abs=1e-6)
+
+
+def test_more_processes_than_sequences_is_an_error(tiny_data, monkeypatch):
+    four = lambda *a: common.Runtime(torch.device("cpu"), torch.float32, torch.amp.GradScaler("cpu", enabled=False),
+                                     rank=3, world_size=4)
+    monkeypatch.setattr(sft, "setup_runtime", four)
+    with pytest.raises(SystemExit, match="--batch_size 2 is smaller than the 4 processes"):
+        sft.main(tiny_args(tiny_data, "four") + ["--batch_size", "2"])
+
+
 def test_non_finite_loss_stops_with_clear_error(tiny_data, monkeypatch):
     monkeypatch.setattr(sft, "sft_loss", lambda *a: torch.tensor(float("nan"), requires_grad=True))
     with pytest.raises(FloatingPointError, match=r"loss is nan at step 0; stopping \(no checkpoint was written yet\)"):
