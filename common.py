@@ -24,6 +24,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from model import GPT, GPTConfig, response_mask
+from tokenizer import save_bpe, train_bpe
 
 # ----------------------------------------------------------------------------------------------------------
 # Configuration: a dataclass per stage; each field's trailing comment is its --help text
@@ -321,17 +322,25 @@ def pretrained_dir(name_or_path, cache_dir=None):
     return cache_dir / name_or_path
 
 
+def train_tokenizer(sft_file, path, vocab_size=2048):
+    """
+    A byte-level BPE of at most vocab_size tokens trained on the prompts and responses of a {prompt, response}
+    file, written at path: no download, and a small model spends its capacity on the task rather than on a
+    50k-row embedding table.
+    """
+    t0 = time.time()
+    ranks = train_bpe([r["prompt"] + r["response"] for r in read_jsonl(sft_file, ("prompt", "response"))], vocab_size)
+    save_bpe(ranks, path)
+    print(f"trained a {len(ranks) + 1}-token BPE on {sft_file} in {time.time() - t0:.1f}s: {path}")
+
+
 def builtin_task_paths(data_dir="out/data", tokenizer_path="out/tokenizer.tiktoken", vocab_size=2048):
     """Generate the built-in task and train its tokenizer, if not done yet. Returns (data_dir, tokenizer spec)."""
     from data.world import ensure_data
-    from tokenizer import save_bpe, train_bpe
 
     ensure_data(data_dir)
     if not Path(tokenizer_path).exists():
-        t0 = time.time()
-        texts = [r["prompt"] + r["response"] for r in read_jsonl(Path(data_dir) / "sft_train.jsonl", ("prompt", "response"))]
-        save_bpe(train_bpe(texts, vocab_size), tokenizer_path)
-        print(f"trained a {vocab_size}-token BPE on the built-in task in {time.time() - t0:.1f}s: {tokenizer_path}")
+        train_tokenizer(Path(data_dir) / "sft_train.jsonl", tokenizer_path, vocab_size)
     return data_dir, str(Path(tokenizer_path).resolve())  # absolute: checkpoints name it, and may be used elsewhere
 
 

@@ -4,15 +4,17 @@ Stage 1, supervised fine-tuning: the model learns to imitate demonstrations.
 The loss is next-token cross-entropy on the response tokens and their end-of-text only: the prompt is
 context, not something the assistant should learn to say. With no arguments it trains a small GPT from
 scratch on the built-in task; by flags, on any JSONL of {prompt, response}, from GPT-2 weights or from one
-of our checkpoints.
+of our checkpoints. From scratch, its tokenizer is a BPE trained on the training data, offline.
 
     python sft.py
-    python sft.py --init_from gpt2 --train_file my.jsonl --val_file my_val.jsonl --device cuda
+    python sft.py --train_file my.jsonl --val_file my_val.jsonl --eval_prompts my_prompts.jsonl
+    python sft.py --init_from gpt2 --device cuda ...  # the same files, from GPT-2's weights
 """
 
 import contextlib
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -22,7 +24,8 @@ from tqdm import tqdm
 
 from common import (MetricsLog, batch_at, builtin_task_paths, check_finite, decode_responses, encode_prompts,
                     fit_to_context, gold_eval, load_policy, lr_at, pad, pretrained_dir, print_config, print_samples,
-                    read_jsonl, restore_training, run_config, sample, save_checkpoint, setup_runtime, training_state)
+                    read_jsonl, restore_training, run_config, sample, save_checkpoint, setup_runtime, train_tokenizer,
+                    training_state)
 from model import GPT, GPTConfig
 from tokenizer import load_tokenizer, render
 
@@ -33,7 +36,7 @@ class Config:
     val_file: str = ""  # held-out JSONL of {prompt, response}; empty: the built-in task's
     eval_prompts: str = ""  # JSONL of {prompt} to sample from at the end; empty: the built-in task's held-out prompts
     init_from: str = "scratch"  # scratch, a GPT-2 name or Hugging Face directory (gpt2, gpt2-medium, ...), or a .pt checkpoint of ours
-    tokenizer: str = ""  # gpt2 or a BPE file; empty: the built-in task's BPE from scratch, else the initial model's
+    tokenizer: str = ""  # gpt2 or a BPE file; empty: from scratch, a BPE of the training data; else the initial model's
     out_dir: str = "out/sft"  # where ckpt.pt and metrics.jsonl go
     n_layer: int = 4  # from scratch only: transformer blocks
     n_head: int = 4  # from scratch only: attention heads
@@ -120,13 +123,20 @@ def main(argv=None):
     elif not (cfg.val_file and cfg.eval_prompts):
         raise SystemExit("with --train_file, also give --val_file and --eval_prompts")
     else:
-        builtin_tokenizer = "gpt2"
         files = (cfg.train_file, cfg.val_file, cfg.eval_prompts)
     train_file, val_file, prompts_file = files
 
     # the initial model and its tokenizer
     if cfg.init_from == "scratch":
-        tokenizer_spec = cfg.tokenizer or builtin_tokenizer
+        if cfg.tokenizer or builtin:
+            tokenizer_spec = cfg.tokenizer or builtin_tokenizer
+        else:  # as for the built-in task, a BPE of the training data: offline, and saved beside the checkpoint
+            tokenizer_spec = str((Path(cfg.out_dir) / "tokenizer.tiktoken").resolve())
+            if rt.master and not resumed:  # a resumed run reads the one it trained
+                Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
+                train_tokenizer(train_file, tokenizer_spec)
+            if rt.world_size > 1:
+                dist.barrier()  # the other processes read the file the master writes
         enc = load_tokenizer(tokenizer_spec)
         model = GPT(GPTConfig(block_size=cfg.block_size, vocab_size=enc.n_vocab, n_layer=cfg.n_layer,
                               n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=cfg.dropout))

@@ -1,9 +1,11 @@
 import json
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import pytest
+import tiktoken
 import torch
 
 import common
@@ -96,12 +98,12 @@ def tiny_data(tmp_path):
     return tmp_path
 
 
-def tiny_args(d, out):
+def tiny_args(d, out, tokenizer=True):
     return ["--train_file", str(d / "train.jsonl"), "--val_file", str(d / "val.jsonl"), "--eval_prompts",
-            str(d / "prompts.jsonl"), "--tokenizer", str(d / "tok.tiktoken"), "--out_dir", str(d / out),
-            "--n_layer", "1", "--n_embd", "32", "--n_head", "2", "--batch_size", "8", "--max_steps", "8",
-            "--warmup_steps", "2", "--eval_interval", "4", "--ckpt_interval", "4", "--n_eval", "4",
-            "--max_new_tokens", "8", "--dropout", "0.1"]
+            str(d / "prompts.jsonl"), "--out_dir", str(d / out), "--n_layer", "1", "--n_embd", "32", "--n_head", "2",
+            "--batch_size", "8", "--max_steps", "8", "--warmup_steps", "2", "--eval_interval", "4", "--ckpt_interval",
+            "4", "--n_eval", "4", "--max_new_tokens", "8", "--dropout", "0.1"] + \
+        (["--tokenizer", str(d / "tok.tiktoken")] if tokenizer else [])
 
 
 def test_resume_after_a_kill_gives_the_same_weights_and_metrics(tiny_data, monkeypatch):
@@ -162,6 +164,23 @@ def test_more_processes_than_sequences_is_an_error(tiny_data, monkeypatch):
         sft.main(tiny_args(tiny_data, "four") + ["--batch_size", "2"])
 
 
+def test_from_scratch_on_own_data_trains_its_tokenizer_offline(tiny_data, monkeypatch, capsys):
+    """Without --init_from and --tokenizer, sft.py trains a BPE on the training file, as for the built-in task."""
+    def no_network(*args, **kwargs):
+        raise OSError("this test is offline")
+
+    monkeypatch.setattr(tiktoken, "get_encoding", no_network)  # what the gpt2 tokenizer needs on first use
+    monkeypatch.setattr(urllib.request, "urlopen", no_network)
+    sft.main(tiny_args(tiny_data, "own", tokenizer=False) + ["--max_steps", "2"])
+    tokenizer = tiny_data / "own" / "tokenizer.tiktoken"  # beside the checkpoint, which names it
+    assert f"-token BPE on {tiny_data / 'train.jsonl'}" in capsys.readouterr().out
+    ckpt = common.load_checkpoint(tiny_data / "own" / "ckpt.pt")
+    assert ckpt["tokenizer"] == str(tokenizer)
+    enc = sft.load_tokenizer(str(tokenizer))
+    assert ckpt["model_config"]["vocab_size"] == enc.n_vocab < 2048  # the data runs out of merges first
+    assert len(enc.encode_ordinary(" 7 plus 5 is 12.")) < len(" 7 plus 5 is 12.") / 2  # and it has learned them
+
+
 def test_non_finite_loss_stops_with_clear_error(tiny_data, monkeypatch):
     monkeypatch.setattr(sft, "sft_loss", lambda *a: torch.tensor(float("nan"), requires_grad=True))
     with pytest.raises(FloatingPointError, match=r"loss is nan at step 0; stopping \(no checkpoint was written yet\)"):
@@ -185,10 +204,11 @@ def test_smoke_builtin_task_through_the_command_line(tmp_path):
 
 def test_two_torchrun_processes_equal_one(tiny_data):
     """DDP on CPU (gloo): each process takes half of every batch; the weights match a single process."""
-    args = tiny_args(tiny_data, "one") + ["--grad_accum", "2", "--dropout", "0"]  # dropout masks differ per split
+    # dropout masks differ per split; each run trains its tokenizer (the same), the second on one process only
+    args = tiny_args(tiny_data, "one", tokenizer=False) + ["--grad_accum", "2", "--dropout", "0"]
     one = subprocess.run([sys.executable, str(ROOT / "sft.py"), *args], capture_output=True, text=True, timeout=300)
     assert one.returncode == 0, one.stderr
-    args = tiny_args(tiny_data, "two") + ["--grad_accum", "2", "--dropout", "0"]
+    args = tiny_args(tiny_data, "two", tokenizer=False) + ["--grad_accum", "2", "--dropout", "0"]
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                           str(ROOT / "sft.py"), *args], capture_output=True, text=True, timeout=300)
     assert two.returncode == 0, two.stderr
