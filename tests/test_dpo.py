@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 import dpo
-from common import batch_at, load_policy, setup_runtime
+from common import batch_at, load_policy, save_checkpoint, setup_runtime
 from dpo import all_pair_logps, dpo_loss, pair_logps, sequence_logps
 from model import GPT, GPTConfig
 from tokenizer import load_tokenizer
@@ -201,13 +201,18 @@ def test_smoke_builtin_task(workdir):
     assert ckpt["model"].keys() == sft["model"].keys() and ckpt["tokenizer"] == sft["tokenizer"]
 
 
-def test_smoke_own_jsonl_recomputing_the_reference(workdir, tmp_path):
+def own_jsonl(d):
+    """A tiny preference dataset of one's own in d, and the flags that give it to dpo.py."""
     pairs = [{"prompt": f"\n\nHuman: say {w}\n\nAssistant:", "chosen": f" {w}.", "rejected": " No."}
              for w in ("yes", "hello", "tea", "blue", "seven", "ok")]
     for name, recs in (("train", pairs), ("val", pairs[:2]), ("prompts", [{"prompt": p["prompt"]} for p in pairs])):
-        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
-    run(workdir, "dpo.py", *TINY, "--out_dir", str(tmp_path / "dpo"), "--train_file", str(tmp_path / "train.jsonl"),
-        "--val_file", str(tmp_path / "val.jsonl"), "--eval_prompts", str(tmp_path / "prompts.jsonl"), "--recompute_ref",
+        (d / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    return ["--train_file", str(d / "train.jsonl"), "--val_file", str(d / "val.jsonl"), "--eval_prompts",
+            str(d / "prompts.jsonl")]
+
+
+def test_smoke_own_jsonl_recomputing_the_reference(workdir, tmp_path):
+    run(workdir, "dpo.py", *TINY, *own_jsonl(tmp_path), "--out_dir", str(tmp_path / "dpo"), "--recompute_ref",
         "--loss_type", "ipo", "--beta", "0.1")
     metrics = read_metrics(tmp_path / "dpo")
     assert metrics[0]["loss"] == pytest.approx(25.0, abs=1e-3)  # IPO at h = 0 with beta 0.1
@@ -222,14 +227,14 @@ def test_smoke_own_jsonl_recomputing_the_reference(workdir, tmp_path):
     assert "kl" in torch.load(tmp_path / "dpo" / "ckpt.pt", weights_only=True)["summary"]
 
 
-def test_loss_at_step_0_is_ln2_even_after_sft_with_dropout(workdir):
+def test_loss_at_step_0_is_ln2_even_after_sft_with_dropout(workdir, tmp_path):
     """DPO runs with dropout off, whatever SFT used: the policy is the reference before its first step."""
-    run(workdir, "sft.py", "--max_steps", "2", "--n_layer", "1", "--n_head", "2", "--n_embd", "32", "--batch_size",
-        "4", "--n_eval", "4", "--max_new_tokens", "8", "--dropout", "0.1", "--out_dir", "out/sft_dropout")
-    assert torch.load(workdir / "out" / "sft_dropout" / "ckpt.pt", weights_only=True)["model_config"]["dropout"] == 0.1
-    run(workdir, "dpo.py", *TINY, "--max_steps", "1", "--sft_ckpt", "out/sft_dropout/ckpt.pt", "--recompute_ref",
-        "--out_dir", "out/dpo_dropout")
-    first = read_metrics(workdir / "out" / "dpo_dropout")[0]
+    sft = torch.load(workdir / "out" / "sft" / "ckpt.pt", weights_only=True)
+    sft["model_config"]["dropout"] = 0.1  # what sft.py --dropout 0.1 records, and later stages build the model from
+    save_checkpoint(tmp_path / "sft_dropout.pt", sft)
+    dpo.main(TINY + own_jsonl(tmp_path) + ["--max_steps", "1", "--sft_ckpt", str(tmp_path / "sft_dropout.pt"),
+                                           "--recompute_ref", "--out_dir", str(tmp_path / "dpo")])
+    first = read_metrics(tmp_path / "dpo")[0]
     assert first["rewards/margins"] == 0 and first["loss"] == pytest.approx(math.log(2), abs=1e-6)
 
 
