@@ -24,6 +24,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from model import GPT, GPTConfig, response_mask
+from tokenizer import save_bpe, train_bpe
 
 # ----------------------------------------------------------------------------------------------------------
 # Configuration: a dataclass per stage; each field's trailing comment is its --help text
@@ -130,11 +131,28 @@ def save_checkpoint(path, obj):
     os.replace(tmp, path)
 
 
-def load_checkpoint(path):
+# every checkpoint records its kind, so that a loader handed the wrong file can say so in one line
+CHECKPOINT_KINDS = {"policy": "sft.py or dpo.py", "reward_model": "reward.py", "ppo_policy": "ppo.py"}
+
+
+def load_checkpoint(path, kinds=None, flag=None):
+    """
+    One of our checkpoints. kinds: those the caller can use (see CHECKPOINT_KINDS); a checkpoint of another
+    kind, or of none (written before checkpoints recorded theirs), stops with what it is and what `flag` needs.
+    """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no checkpoint at {path}: run the stage that writes it first")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    if kinds is not None and ckpt.get("kind") not in kinds:
+        needs = f"{flag or 'this'} needs " + " or ".join(f"a {k} checkpoint (written by {CHECKPOINT_KINDS[k]})"
+                                                        for k in kinds)
+        if "kind" not in ckpt:
+            raise ValueError(f"{path} records no kind: an older version of this code wrote it; {needs}, "
+                             f"so run that stage again")
+        kind = ckpt["kind"]
+        raise ValueError(f"{path} is a {kind} checkpoint (written by {CHECKPOINT_KINDS[kind]}); {needs}")
+    return ckpt
 
 
 def training_state(optimizer, scaler):
@@ -173,9 +191,9 @@ def run_config(cls, argv=None):
     return cls(**{**saved, **{name: getattr(cfg, name) for name in given}}), ckpt_path, resumed
 
 
-def load_policy(path):
-    """A GPT and its tokenizer from one of our checkpoints."""
-    ckpt = load_checkpoint(path)
+def load_policy(path, flag=None):
+    """A GPT, its tokenizer and its checkpoint, from a policy checkpoint (ppo.py's too, without its value head)."""
+    ckpt = load_checkpoint(path, ("policy", "ppo_policy"), flag)
     model = GPT(GPTConfig(**ckpt["model_config"]))
     model.load_state_dict(ckpt["model"])
     return model, ckpt["tokenizer"], ckpt
@@ -237,6 +255,20 @@ def fit_to_context(ids, mask, max_len):
     return ids[start:start + max_len], mask[start:start + max_len], True
 
 
+def fit_pair_to_context(chosen, rejected, max_len):
+    """
+    fit_to_context for the two sides of a preference pair, each (ids, mask) of the same prompt and its response.
+    The prompt is cut once, as the rule cuts it for the longer side, so that both responses follow the same
+    prompt tokens (DPO's log Z(x) cancels only then, and a reward model compares the two in the same context);
+    then each response is cut on its own. Returns (chosen, rejected, was_truncated).
+    """
+    longer = max(chosen, rejected, key=lambda side: len(side[0]))
+    _, kept_mask, truncated = fit_to_context(*longer, max_len)
+    start = longer[1].index(1) - kept_mask.index(1)  # prompt tokens dropped on the left, on both sides
+    chosen, rejected = ((ids[start:start + max_len], mask[start:start + max_len]) for ids, mask in (chosen, rejected))
+    return chosen, rejected, truncated
+
+
 def pad(seqs, pad_id, left=False):
     """[B, T] tensor of variable-length lists, padded on the right (or left), and the mask of real entries."""
     width = max(len(s) for s in seqs)
@@ -272,17 +304,45 @@ def download_file(url, target):
     return target
 
 
+GPT2_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
+
+
+def pretrained_dir(name_or_path, cache_dir=None):
+    """
+    The Hugging Face checkpoint directory that GPT.from_pretrained reads: name_or_path itself, or for one of
+    OpenAI's GPT-2 names its config.json and model.safetensors, downloaded once into cache_dir (default
+    $RLHF_CACHE, else ~/.cache/rlhf-from-scratch).
+    """
+    if Path(name_or_path).is_dir():
+        return Path(name_or_path)
+    if name_or_path not in GPT2_NAMES:
+        raise FileNotFoundError(f"{name_or_path} is neither a checkpoint directory nor one of {GPT2_NAMES}")
+    cache_dir = Path(cache_dir or os.environ.get("RLHF_CACHE", Path.home() / ".cache" / "rlhf-from-scratch"))
+    for file in ("config.json", "model.safetensors"):
+        download_file(f"https://huggingface.co/openai-community/{name_or_path}/resolve/main/{file}",
+                      cache_dir / name_or_path / file)
+    return cache_dir / name_or_path
+
+
+def train_tokenizer(sft_file, path, vocab_size=2048):
+    """
+    A byte-level BPE of at most vocab_size tokens trained on the prompts and responses of a {prompt, response}
+    file, written at path: no download, and a small model spends its capacity on the task rather than on a
+    50k-row embedding table.
+    """
+    t0 = time.time()
+    ranks = train_bpe([r["prompt"] + r["response"] for r in read_jsonl(sft_file, ("prompt", "response"))], vocab_size)
+    save_bpe(ranks, path)
+    print(f"trained a {len(ranks) + 1}-token BPE on {sft_file} in {time.time() - t0:.1f}s: {path}")
+
+
 def builtin_task_paths(data_dir="out/data", tokenizer_path="out/tokenizer.tiktoken", vocab_size=2048):
     """Generate the built-in task and train its tokenizer, if not done yet. Returns (data_dir, tokenizer spec)."""
     from data.world import ensure_data
-    from tokenizer import save_bpe, train_bpe
 
     ensure_data(data_dir)
     if not Path(tokenizer_path).exists():
-        t0 = time.time()
-        texts = [r["prompt"] + r["response"] for r in read_jsonl(Path(data_dir) / "sft_train.jsonl", ("prompt", "response"))]
-        save_bpe(train_bpe(texts, vocab_size), tokenizer_path)
-        print(f"trained a {vocab_size}-token BPE on the built-in task in {time.time() - t0:.1f}s: {tokenizer_path}")
+        train_tokenizer(Path(data_dir) / "sft_train.jsonl", tokenizer_path, vocab_size)
     return data_dir, str(Path(tokenizer_path).resolve())  # absolute: checkpoints name it, and may be used elsewhere
 
 
@@ -291,15 +351,20 @@ def builtin_task_paths(data_dir="out/data", tokenizer_path="out/tokenizer.tiktok
 
 
 class MetricsLog:
-    """Every logged step as one JSON line in out/<stage>/metrics.jsonl (appended to on --resume)."""
+    """
+    Every logged step as one JSON line in out/<stage>/metrics.jsonl. A fresh run starts it empty; a run resumed
+    from a checkpoint of step resume_step keeps the lines up to that step and drops those after it, which the
+    interrupted run logged and the resumed one logs again.
+    """
 
-    def __init__(self, out_dir, resume=False, enabled=True):
+    def __init__(self, out_dir, resume_step=None, enabled=True):
         self.path = Path(out_dir) / "metrics.jsonl"
         self.enabled = enabled  # under torchrun only the master process writes
         if enabled:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            if not resume:
-                self.path.write_text("")
+            lines = self.path.read_text().splitlines(keepends=True) if self.path.exists() else []
+            kept = [] if resume_step is None else [l for l in lines if json.loads(l)["step"] <= resume_step]
+            self.path.write_text("".join(kept))
 
     def log(self, step, **metrics):
         if self.enabled:

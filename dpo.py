@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from common import (MetricsLog, batch_at, builtin_task_paths, check_finite, decode_responses, encode_prompts,
-                    fit_to_context, frozen, gold_eval, load_policy, lr_at, pad, print_config, print_samples,
+                    fit_pair_to_context, frozen, gold_eval, load_policy, lr_at, pad, print_config, print_samples,
                     read_jsonl, restore_training, run_config, sample, save_checkpoint, sequence_kl, setup_runtime,
                     token_logprobs, training_state, win_rate)
 from tokenizer import load_tokenizer, render
@@ -33,7 +33,7 @@ class Config:
     eval_prompts: str = ""  # JSONL of {prompt} sampled at every evaluation; empty: the built-in task's held-out prompts
     sft_ckpt: str = "out/sft/ckpt.pt"  # the SFT checkpoint: the initial policy and the reference
     out_dir: str = "out/dpo"  # where ckpt.pt and metrics.jsonl go
-    loss_type: str = "sigmoid"  # sigmoid (DPO; conservative DPO with label_smoothing), ipo or hinge
+    loss_type: str = "sigmoid"  # sigmoid (DPO; conservative DPO with label_smoothing), ipo (mean log-probs) or hinge
     beta: float = 0.5  # strength of the KL constraint to the reference: the implicit reward is beta * log(pi/pi_ref)
     label_smoothing: float = 0.0  # sigmoid only: assumed probability that a preference label is flipped
     recompute_ref: bool = False  # reference log-probs every step, not once before training (holds two models)
@@ -64,10 +64,13 @@ def dpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_r
         ipo (IPO):       (h - 1/(2β))²                           h regressed to a fixed margin, not pushed to ∞
         hinge (SLiC):    max(0, 1 - β h)
 
-    At initialisation (π = π_ref) h = 0, and the sigmoid loss is ln 2 whatever β and ε.
-    Returns (losses, chosen_rewards, rejected_rewards), the rewards being the implicit β (log π - log π_ref),
-    detached.
+    The log-probs are sums over the response tokens, except for ipo: means over them (the IPO paper, TRL), so
+    that its fixed margin asks the same of a short response as of a long one. At initialisation (π = π_ref)
+    h = 0, and the sigmoid loss is ln 2 whatever β and ε. Returns (losses, chosen_rewards, rejected_rewards),
+    the rewards being the implicit β (log π - log π_ref), detached.
     """
+    if label_smoothing and loss_type != "sigmoid":
+        raise ValueError(f"label_smoothing is for the sigmoid loss only, not {loss_type}")
     h = (policy_chosen_logps - ref_chosen_logps) - (policy_rejected_logps - ref_rejected_logps)
     if loss_type == "sigmoid":
         losses = -(1 - label_smoothing) * F.logsigmoid(beta * h) - label_smoothing * F.logsigmoid(-beta * h)
@@ -86,12 +89,10 @@ def load_pairs(path, enc, max_len):
     """Rendered (chosen ids, chosen mask, rejected ids, rejected mask) of a {prompt, chosen, rejected} file."""
     pairs, truncated = [], 0
     for rec in read_jsonl(path, ("prompt", "chosen", "rejected")):
-        # each side is fitted on its own: a long pair may keep less prompt on one side, but policy and
-        # reference always score the same tokens, so each log-ratio stays consistent
-        c_ids, c_mask, c_cut = fit_to_context(*render(enc, rec["prompt"], rec["chosen"]), max_len)
-        r_ids, r_mask, r_cut = fit_to_context(*render(enc, rec["prompt"], rec["rejected"]), max_len)
+        chosen, rejected = (render(enc, rec["prompt"], rec[side]) for side in ("chosen", "rejected"))
+        (c_ids, c_mask), (r_ids, r_mask), cut = fit_pair_to_context(chosen, rejected, max_len)
         pairs.append((c_ids, c_mask, r_ids, r_mask))
-        truncated += c_cut or r_cut
+        truncated += cut
     print(f"{path}: {len(pairs)} pairs, {truncated} truncated to {max_len} tokens")
     return pairs
 
@@ -104,28 +105,35 @@ def collate(pairs, pad_id, device):
     return ids.to(device), loss_mask.to(device)
 
 
-def sequence_logps(model, ids, loss_mask):
-    """log π(response | prompt) per row: the sum of the log-probs of the tokens under loss_mask (response and eot)."""
-    logits = model(ids)[:, :-1]  # position t predicts token t+1
-    return (token_logprobs(logits, ids[:, 1:]) * loss_mask[:, 1:]).sum(1)
+def sequence_logps(model, ids, loss_mask, average=False):
+    """
+    log π(response | prompt) per row: the sum of the log-probs of the tokens under loss_mask (response and
+    end-of-text), or with average their mean. The model computes logits at those positions only: the
+    projection onto the vocabulary is a large share of a small model's compute.
+    """
+    trained = loss_mask[:, 1:].bool()
+    logits = model(ids, where=F.pad(trained, (0, 1)))  # position t predicts token t+1
+    logps = torch.zeros(trained.shape, device=ids.device)
+    logps[trained] = token_logprobs(logits[None], ids[:, 1:][trained][None])[0]
+    return logps.sum(1) / trained.sum(1) if average else logps.sum(1)
 
 
-def pair_logps(model, pairs, pad_id, rt):
-    """(chosen, rejected) sequence log-probs [B] each, from one forward over both."""
+def pair_logps(model, pairs, pad_id, rt, average=False):
+    """(chosen, rejected) sequence log-probs [B] each (means per token with average), from one forward over both."""
     with rt.autocast():
-        logps = sequence_logps(model, *collate(pairs, pad_id, rt.device))
+        logps = sequence_logps(model, *collate(pairs, pad_id, rt.device), average)
     return logps.float().chunk(2)
 
 
 @torch.no_grad()
-def all_pair_logps(model, pairs, pad_id, rt, batch_size):
+def all_pair_logps(model, pairs, pad_id, rt, batch_size, average=False):
     """(chosen, rejected) sequence log-probs [N] of every pair, in order: how the reference's are computed once."""
     # batches of pairs of similar length: a batch pads to its longest row, and lengths here vary by 5x
     order = sorted(range(len(pairs)), key=lambda i: max(len(pairs[i][0]), len(pairs[i][2])))
     chosen, rejected = torch.empty(len(pairs), device=rt.device), torch.empty(len(pairs), device=rt.device)
     for j in range(0, len(pairs), batch_size):
         idx = order[j:j + batch_size]
-        chosen[idx], rejected[idx] = pair_logps(model, [pairs[i] for i in idx], pad_id, rt)
+        chosen[idx], rejected[idx] = pair_logps(model, [pairs[i] for i in idx], pad_id, rt, average)
     return chosen, rejected
 
 
@@ -133,6 +141,12 @@ def main(argv=None):
     cfg, ckpt_path, resumed = run_config(Config, argv)
     print("dpo config:")
     print_config(cfg)
+    if cfg.loss_type not in ("sigmoid", "ipo", "hinge"):
+        raise SystemExit(f"--loss_type must be sigmoid, ipo or hinge, not {cfg.loss_type!r}")
+    if cfg.label_smoothing and cfg.loss_type != "sigmoid":
+        raise SystemExit(f"--label_smoothing is for --loss_type sigmoid (conservative DPO); {cfg.loss_type} has no "
+                         f"use for it: drop it")
+    average = cfg.loss_type == "ipo"  # IPO's log-probs are means per response token (see dpo_loss)
     rt = setup_runtime(cfg.device, cfg.dtype, cfg.seed)
 
     builtin = not cfg.train_file
@@ -145,9 +159,11 @@ def main(argv=None):
             raise SystemExit("with --train_file, also give --val_file and --eval_prompts")
         train_file, val_file, prompts_file = cfg.train_file, cfg.val_file, cfg.eval_prompts
 
-    policy, tokenizer_spec, _ = load_policy(cfg.sft_ckpt)
-    policy.to(rt.device)
-    ref = frozen(load_policy(cfg.sft_ckpt)[0]).to(rt.device)
+    policy, tokenizer_spec, _ = load_policy(cfg.sft_ckpt, "--sft_ckpt")
+    # dropout off for good, whatever SFT used, as in PPO and the reward model: it would make the log-probs noisy,
+    # and the policy would differ from the reference before its first step
+    policy.to(rt.device).eval()
+    ref = frozen(load_policy(cfg.sft_ckpt, "--sft_ckpt")[0]).to(rt.device)
     enc = load_tokenizer(tokenizer_spec)
     eot = enc.eot_token
     max_len = policy.config.block_size
@@ -160,7 +176,7 @@ def main(argv=None):
 
     # everything the reference is needed for that does not change during training, computed once
     t0 = time.time()
-    ref_val = all_pair_logps(ref, val, eot, rt, 2 * cfg.batch_size)
+    ref_val = all_pair_logps(ref, val, eot, rt, 2 * cfg.batch_size, average)
     # the SFT policy is the reference: its samples are the baseline of the win-rate. The policy's are drawn
     # with another seed: shared random numbers would make the two tie more often than independent samples
     # do, pulling the win-rate toward 1/2.
@@ -175,7 +191,7 @@ def main(argv=None):
                           for i in batch_at(len(train), cfg.batch_size, k, cfg.seed)})
         ref_train = torch.full((2, len(train)), float("nan"), device=rt.device)
         ref_train[:, visited] = torch.stack(all_pair_logps(ref, [train[i] for i in visited], eot, rt,
-                                                           2 * cfg.batch_size))
+                                                           2 * cfg.batch_size, average))
         # training then holds one model, not two. The sequence KL at evaluation still needs the reference on
         # fresh samples: it is reloaded from the checkpoint for each evaluation, when no activations are held.
         ref = None
@@ -186,21 +202,21 @@ def main(argv=None):
     if resumed:
         step = restore_training(resumed, policy, optimizer, rt.scaler)
         print(f"resumed from {ckpt_path} at step {step}")
-    log = MetricsLog(cfg.out_dir, resume=bool(resumed))
+    log = MetricsLog(cfg.out_dir, resume_step=step if resumed else None)
 
     def checkpoint(step, **extra):
-        save_checkpoint(ckpt_path, {"model": policy.state_dict(), "model_config": asdict(policy.config),
-                                    "tokenizer": tokenizer_spec, "config": asdict(cfg), "step": step,
+        save_checkpoint(ckpt_path, {"kind": "policy", "model": policy.state_dict(),
+                                    "model_config": asdict(policy.config), "tokenizer": tokenizer_spec,
+                                    "config": asdict(cfg), "step": step,
                                     **training_state(optimizer, rt.scaler), **extra})
 
     @torch.no_grad()
     def evaluate():
-        policy.eval()
-        c, r = all_pair_logps(policy, val, eot, rt, 2 * cfg.batch_size)
+        c, r = all_pair_logps(policy, val, eot, rt, 2 * cfg.batch_size, average)
         losses, chosen_rewards, rejected_rewards = dpo_loss(c, r, *ref_val, cfg.beta, cfg.loss_type,
                                                             cfg.label_smoothing)
         batches = sample(policy, prompt_ids, rt, eot, cfg.max_new_tokens, cfg.temperature, 64, cfg.seed + 1)
-        reference = ref if cfg.recompute_ref else frozen(load_policy(cfg.sft_ckpt)[0]).to(rt.device)
+        reference = ref if cfg.recompute_ref else frozen(load_policy(cfg.sft_ckpt, "--sft_ckpt")[0]).to(rt.device)
         kl = sequence_kl(policy, reference, batches, rt, cfg.temperature)
         report = {"loss": losses.mean().item(),
                   "rewards/accuracies": (chosen_rewards > rejected_rewards).float().mean().item(),
@@ -210,10 +226,8 @@ def main(argv=None):
             report.update(gold, win_rate=win_rate(scores, sft_scores))
         else:
             texts, scores = decode_responses(enc, batches), None
-        policy.train()
         return report, texts, scores
 
-    policy.train()
     bar = tqdm(range(step, cfg.max_steps), initial=step, total=cfg.max_steps, desc="dpo", dynamic_ncols=True)
     for step in bar:
         lr = lr_at(step, cfg.max_steps, cfg.lr, cfg.warmup_steps)
@@ -223,10 +237,10 @@ def main(argv=None):
         batch = [train[i] for i in idx]
         if cfg.recompute_ref:
             with torch.no_grad():
-                ref_c, ref_r = pair_logps(ref, batch, eot, rt)
+                ref_c, ref_r = pair_logps(ref, batch, eot, rt, average)
         else:
             ref_c, ref_r = ref_train[:, idx]
-        policy_c, policy_r = pair_logps(policy, batch, eot, rt)
+        policy_c, policy_r = pair_logps(policy, batch, eot, rt, average)
         losses, chosen_rewards, rejected_rewards = dpo_loss(policy_c, policy_r, ref_c, ref_r, cfg.beta, cfg.loss_type,
                                                             cfg.label_smoothing)
         loss = losses.mean()

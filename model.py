@@ -9,7 +9,6 @@ lengths in generation, in the reward model and in PPO.
 
 import json
 import math
-import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -242,16 +241,14 @@ class GPT(nn.Module):
         return self.flops_per_token(seq_len) * tokens_per_second / peak_flops
 
     @classmethod
-    def from_pretrained(cls, name_or_path, cache_dir=None):
+    def from_pretrained(cls, path):
         """
-        Load GPT-2 weights from a Hugging Face checkpoint directory (config.json and model.safetensors or
-        pytorch_model.bin), or by name (gpt2, gpt2-medium, gpt2-large, gpt2-xl), downloaded once into cache_dir.
+        Load GPT-2 weights from a Hugging Face checkpoint directory: config.json and model.safetensors or
+        pytorch_model.bin. (common.pretrained_dir turns a name such as gpt2 into such a directory.)
         """
-        path = Path(name_or_path)
+        path = Path(path)
         if not path.is_dir():
-            if name_or_path not in GPT2_NAMES:
-                raise FileNotFoundError(f"{name_or_path} is neither a checkpoint directory nor one of {GPT2_NAMES}")
-            path = download_gpt2(name_or_path, cache_dir)
+            raise FileNotFoundError(f"{path} is not a Hugging Face checkpoint directory")
         hf = json.loads((path / "config.json").read_text())
         config = GPTConfig(block_size=hf["n_positions"], vocab_size=hf["vocab_size"], n_layer=hf["n_layer"],
                            n_head=hf["n_head"], n_embd=hf["n_embd"], dropout=0.0)
@@ -288,7 +285,6 @@ def response_mask(tokens, eot_id):
 # ----------------------------------------------------------------------------------------------------------
 # GPT-2 weights from Hugging Face files
 
-GPT2_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
 SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
                       "I64": torch.int64, "I32": torch.int32, "U8": torch.uint8, "BOOL": torch.bool}
 
@@ -330,15 +326,7 @@ def convert_hf_gpt2(hf_state, our_state):
     missing = [k for k in our_state if k not in state]
     if missing:
         raise KeyError(f"missing from the GPT-2 checkpoint: {', '.join(missing)}")
+    if not torch.equal(state["lm_head.weight"], state["transformer.wte.weight"]):  # loading both would keep one
+        raise ValueError("the checkpoint's lm_head.weight differs from its wte.weight: this GPT ties its output layer "
+                         "to the input embedding, as GPT-2 does, so it cannot load a model trained with them untied")
     return state
-
-
-def download_gpt2(name, cache_dir=None):
-    """Fetch config.json and model.safetensors of an OpenAI GPT-2 model from the Hugging Face hub, once."""
-    from common import download_file  # here, not at the top: common imports this module
-
-    cache_dir = Path(cache_dir or os.environ.get("RLHF_CACHE", Path.home() / ".cache" / "rlhf-from-scratch")) / name
-    for file in ("config.json", "model.safetensors"):
-        download_file(f"https://huggingface.co/openai-community/{name}/resolve/main/{file}", cache_dir / file)
-    return cache_dir
-

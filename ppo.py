@@ -309,9 +309,9 @@ def main(argv=None):
         train_file, eval_file = cfg.prompts_file, cfg.eval_prompts
 
     # three models: the policy (trained, with its value head), the reference and the reward model (frozen)
-    policy, tokenizer_spec, _ = load_policy(cfg.sft_ckpt)
-    ref = frozen(load_policy(cfg.sft_ckpt)[0]).to(rt.device)
-    reward_model, rm_tokenizer = load_reward_model(cfg.reward_ckpt)
+    policy, tokenizer_spec, _ = load_policy(cfg.sft_ckpt, "--sft_ckpt")
+    ref = frozen(load_policy(cfg.sft_ckpt, "--sft_ckpt")[0]).to(rt.device)
+    reward_model, rm_tokenizer = load_reward_model(cfg.reward_ckpt, "--reward_ckpt")
     reward_model = frozen(reward_model).to(rt.device)
     if rm_tokenizer != tokenizer_spec:
         raise SystemExit(f"the reward model reads tokenizer {rm_tokenizer}, the policy writes {tokenizer_spec}")
@@ -339,7 +339,8 @@ def main(argv=None):
     log.log(0, **{f"eval/sft_{k}": v for k, v in sft_report.items()})
 
     def checkpoint(step, summary):
-        save_checkpoint(ckpt_path, {"model": agent.gpt.state_dict(), "value_head": agent.value_head.state_dict(),
+        save_checkpoint(ckpt_path, {"kind": "ppo_policy", "model": agent.gpt.state_dict(),
+                                    "value_head": agent.value_head.state_dict(),
                                     "model_config": asdict(agent.gpt.config), "tokenizer": tokenizer_spec,
                                     "config": asdict(cfg), "step": step, "summary": summary})
 

@@ -4,8 +4,8 @@ Stage 2, reward modelling: learn a scalar score from pairs where raters preferre
 The reward model is the SFT transformer with its language-model head swapped for a scalar head, read at
 the end-of-text token that closes the response: the only position that has seen the whole response.
 It is trained with the Bradley-Terry loss, P(chosen beats rejected) = sigmoid(r_chosen - r_rejected).
-At the end the reward is shifted so that the SFT policy's own samples score 0 on average, which is where
-PPO starts from. With no arguments it trains on the built-in task; by flags, on any JSONL of
+At the end the reward is scaled and shifted so that the SFT policy's own samples, where PPO starts, score
+mean 0 and standard deviation 1. With no arguments it trains on the built-in task; by flags, on any JSONL of
 {prompt, chosen, rejected}.
 
     python reward.py
@@ -22,7 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from common import (MetricsLog, batch_at, builtin_task_paths, check_finite, encode_prompts, fit_to_context,
+from common import (MetricsLog, batch_at, builtin_task_paths, check_finite, encode_prompts, fit_pair_to_context,
                     load_checkpoint, load_policy, lr_at, pad, print_config, read_jsonl, restore_training, run_config,
                     sample, save_checkpoint, setup_runtime, training_state)
 from model import GPT, GPTConfig, ScalarHead
@@ -31,7 +31,7 @@ from tokenizer import EOT, load_tokenizer, render
 
 @dataclass
 class Config:
-    sft_ckpt: str = "out/sft/ckpt.pt"  # the SFT checkpoint the reward model starts from (and whose samples set its zero)
+    sft_ckpt: str = "out/sft/ckpt.pt"  # the SFT checkpoint: the reward model's start, and the policy that sets its scale
     train_file: str = ""  # JSONL of {prompt, chosen, rejected}; empty: the built-in task
     val_file: str = ""  # held-out JSONL of {prompt, chosen, rejected}; empty: the built-in task's
     prompts_file: str = ""  # JSONL of {prompt} for the normalisation; empty: the built-in task's training prompts
@@ -46,7 +46,7 @@ class Config:
     center_coef: float = 0.0  # weight of mean((r_chosen + r_rejected)^2), which keeps rewards near 0 during training
     eval_interval: int = 100  # validation every this many steps (and at the end, after normalising)
     ckpt_interval: int = 100  # checkpoint every this many steps (and at the end)
-    n_norm: int = 256  # training prompts the SFT policy answers to set the reward's zero
+    n_norm: int = 256  # training prompts the SFT policy answers to set the reward's zero and scale
     max_new_tokens: int = 64  # response length limit when sampling for the normalisation
     temperature: float = 1.0  # sampling temperature for the normalisation (PPO's sampling temperature)
     device: str = "auto"  # auto, cpu, cuda, cuda:N
@@ -58,14 +58,15 @@ class Config:
 
 class RewardModel(nn.Module):
     """
-    A GPT trunk and a scalar head. reward = head(hidden state at the last real token) + bias, where bias is
-    the normalisation shift set after training (0 before), stored as a buffer so it travels in the state dict.
+    A GPT trunk and a scalar head. reward = gain * head(hidden state at the last real token) + bias, where gain
+    and bias are the normalisation set after training (1 and 0 before), buffers so they travel in the state dict.
     """
 
     def __init__(self, config):
         super().__init__()
         self.gpt = GPT(config)
         self.head = ScalarHead(config.n_embd)
+        self.register_buffer("gain", torch.ones(()))
         self.register_buffer("bias", torch.zeros(()))
 
     def forward(self, ids, mask):
@@ -76,12 +77,12 @@ class RewardModel(nn.Module):
         hidden = self.gpt.hidden_states(ids, mask)
         # the last position where the mask is 1: the end-of-text that closes the response
         last = (mask.long() * torch.arange(ids.size(1), device=ids.device)).argmax(1)
-        return self.head(hidden[torch.arange(ids.size(0), device=ids.device), last]).float() + self.bias
+        return self.gain * self.head(hidden[torch.arange(ids.size(0), device=ids.device), last]).float() + self.bias
 
 
-def load_reward_model(path="out/reward/ckpt.pt"):
+def load_reward_model(path="out/reward/ckpt.pt", flag=None):
     """The trained, normalised reward model of a checkpoint and its tokenizer spec."""
-    ckpt = load_checkpoint(path)
+    ckpt = load_checkpoint(path, ("reward_model",), flag)
     rm = RewardModel(GPTConfig(**ckpt["model_config"]))
     rm.load_state_dict(ckpt["model"])
     return rm, ckpt["tokenizer"]
@@ -105,10 +106,10 @@ def load_pairs(path, enc, max_len):
     records = read_jsonl(path, ("prompt", "chosen", "rejected"))
     pairs, truncated = [], 0
     for rec in records:
-        chosen, _, cut_c = fit_to_context(*render(enc, rec["prompt"], rec["chosen"]), max_len)
-        rejected, _, cut_r = fit_to_context(*render(enc, rec["prompt"], rec["rejected"]), max_len)
+        chosen, rejected = (render(enc, rec["prompt"], rec[side]) for side in ("chosen", "rejected"))
+        (chosen, _), (rejected, _), cut = fit_pair_to_context(chosen, rejected, max_len)
         pairs.append((chosen, rejected))
-        truncated += cut_c or cut_r
+        truncated += cut
     print(f"{path}: {len(pairs)} pairs, {truncated} truncated to {max_len} tokens")
     return records, pairs
 
@@ -143,23 +144,37 @@ def evaluate(rm, pairs, cfg, rt, pad_id, gold=None):
     return metrics
 
 
+def normalisation(raw, ended):
+    """
+    (gain, bias) that make gain * raw + bias score mean 0 and standard deviation 1 over the SFT policy's samples
+    that ended with end-of-text (lm-human-preferences): PPO starts from this policy, so its rewards start centred
+    and on a fixed scale, and beta, the missing end-of-text penalty and the value clip range mean the same on any
+    dataset. Only the ended ones, as the reward model was trained to read an end-of-text; all of them if fewer
+    than two ended (an SFT model trained too briefly to end its responses).
+    """
+    scores = raw[ended] if ended.sum() >= 2 else raw
+    std = scores.std(correction=0)
+    return 1 / std, -scores.mean() / std
+
+
 @torch.no_grad()
 def normalise(rm, policy, enc, prompts, cfg, rt):
-    """
-    Set rm.bias so that the SFT policy's own samples score 0 on average: PPO starts from this policy, so its
-    rewards start centred, whatever level training happened to leave them at. Returns the samples' raw rewards.
-    """
+    """Sample the SFT policy on prompts and set rm.gain and rm.bias by normalisation. Returns (raw rewards, ended)."""
     max_len = policy.config.block_size
     batches = sample(policy, encode_prompts(enc, prompts, max_len - cfg.max_new_tokens), rt, enc.eot_token,
                      cfg.max_new_tokens, cfg.temperature, 64, cfg.seed)
+    rm.gain.fill_(1.0)
     rm.bias.zero_()
-    raw = []
+    raw, ended = [], []
     for p, pm, tokens, tm in batches:
         with rt.autocast():  # left-padded prompt, right-padded response: exactly what PPO will hand over
             raw.append(rm(torch.cat([p, tokens], 1), torch.cat([pm, tm], 1)).cpu())
-    raw = torch.cat(raw)
-    rm.bias.fill_(-raw.mean().item())
-    return raw
+        ended.append((tokens == enc.eot_token).any(1).cpu())
+    raw, ended = torch.cat(raw), torch.cat(ended)
+    gain, bias = normalisation(raw, ended)
+    rm.gain.fill_(gain.item())
+    rm.bias.fill_(bias.item())
+    return raw, ended
 
 
 def main(argv=None):
@@ -180,7 +195,7 @@ def main(argv=None):
 
     # the SFT model twice: a frozen policy to sample from, and the trunk of the reward model.
     # Dropout off: a reward must be a deterministic function of the text.
-    policy, tokenizer_spec, sft = load_policy(cfg.sft_ckpt)
+    policy, tokenizer_spec, sft = load_policy(cfg.sft_ckpt, "--sft_ckpt")
     enc = load_tokenizer(tokenizer_spec)
     rm = RewardModel(GPTConfig(**{**sft["model_config"], "dropout": 0.0}))
     rm.gpt.load_state_dict(sft["model"])
@@ -208,11 +223,12 @@ def main(argv=None):
         step = restore_training(resumed, rm, optimizer, rt.scaler)
         print(f"resumed from {ckpt_path} at step {step}")
     train_rm = torch.compile(rm) if cfg.compile else rm
-    log = MetricsLog(cfg.out_dir, resume=bool(resumed))
+    log = MetricsLog(cfg.out_dir, resume_step=step if resumed else None)
 
     def checkpoint(step, **extra):
-        save_checkpoint(ckpt_path, {"model": rm.state_dict(), "model_config": asdict(rm.gpt.config),
-                                    "tokenizer": tokenizer_spec, "config": asdict(cfg), "step": step,
+        save_checkpoint(ckpt_path, {"kind": "reward_model", "model": rm.state_dict(),
+                                    "model_config": asdict(rm.gpt.config), "tokenizer": tokenizer_spec,
+                                    "config": asdict(cfg), "step": step,
                                     **training_state(optimizer, rt.scaler), **extra})
 
     bar = tqdm(range(step, cfg.max_steps), initial=step, total=cfg.max_steps, desc="reward", dynamic_ncols=True)
@@ -247,11 +263,12 @@ def main(argv=None):
     bar.close()
 
     prompts = [r["prompt"] for r in read_jsonl(prompts_file, ("prompt",))][:cfg.n_norm]
-    raw = normalise(rm, policy, enc, prompts, cfg, rt)
-    summary = {**evaluate(rm, val, cfg, rt, enc.eot_token, gold), "norm_bias": rm.bias.item(),
-               "sft_reward_std": raw.std().item()}
-    print(f"normalised: bias {summary['norm_bias']:+.3f}, so the SFT policy's samples on {len(prompts)} training "
-          f"prompts score mean 0 (std {summary['sft_reward_std']:.3f})")
+    raw, ended = normalise(rm, policy, enc, prompts, cfg, rt)
+    summary = {**evaluate(rm, val, cfg, rt, enc.eot_token, gold), "norm_gain": rm.gain.item(),
+               "norm_bias": rm.bias.item(), "norm_ended": ended.float().mean().item()}
+    print(f"normalised: reward = {summary['norm_gain']:.3f} * head {summary['norm_bias']:+.3f}, so that the SFT "
+          f"policy's samples on {len(prompts)} training prompts score mean 0, std 1 over the {int(ended.sum())} that "
+          f"ended with end-of-text" + ("" if ended.sum() >= 2 else " (too few: over all of them)"))
     print(f"held-out pairs: accuracy {summary['val_accuracy']:.1%}, loss {summary['val_loss']:.3f}, "
           f"margin {summary['val_margin']:.3f}, rewards {summary['val_reward_mean']:+.3f} ± {summary['val_reward_std']:.3f}")
     if builtin:

@@ -4,15 +4,17 @@ Stage 1, supervised fine-tuning: the model learns to imitate demonstrations.
 The loss is next-token cross-entropy on the response tokens and their end-of-text only: the prompt is
 context, not something the assistant should learn to say. With no arguments it trains a small GPT from
 scratch on the built-in task; by flags, on any JSONL of {prompt, response}, from GPT-2 weights or from one
-of our checkpoints.
+of our checkpoints. From scratch, its tokenizer is a BPE trained on the training data, offline.
 
     python sft.py
-    python sft.py --init_from gpt2 --train_file my.jsonl --val_file my_val.jsonl --device cuda
+    python sft.py --train_file my.jsonl --val_file my_val.jsonl --eval_prompts my_prompts.jsonl
+    python sft.py --init_from gpt2 --device cuda ...  # the same files, from GPT-2's weights
 """
 
 import contextlib
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -21,8 +23,9 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from common import (MetricsLog, batch_at, builtin_task_paths, check_finite, decode_responses, encode_prompts,
-                    fit_to_context, gold_eval, load_policy, lr_at, pad, print_config, print_samples, read_jsonl,
-                    restore_training, run_config, sample, save_checkpoint, setup_runtime, training_state)
+                    fit_to_context, gold_eval, load_policy, lr_at, pad, pretrained_dir, print_config, print_samples,
+                    read_jsonl, restore_training, run_config, sample, save_checkpoint, setup_runtime, train_tokenizer,
+                    training_state)
 from model import GPT, GPTConfig
 from tokenizer import load_tokenizer, render
 
@@ -33,15 +36,15 @@ class Config:
     val_file: str = ""  # held-out JSONL of {prompt, response}; empty: the built-in task's
     eval_prompts: str = ""  # JSONL of {prompt} to sample from at the end; empty: the built-in task's held-out prompts
     init_from: str = "scratch"  # scratch, a GPT-2 name or Hugging Face directory (gpt2, gpt2-medium, ...), or a .pt checkpoint of ours
-    tokenizer: str = ""  # gpt2 or a BPE file; empty: the built-in task's BPE from scratch, else the initial model's
+    tokenizer: str = ""  # gpt2 or a BPE file; empty: from scratch, a BPE of the training data; else the initial model's
     out_dir: str = "out/sft"  # where ckpt.pt and metrics.jsonl go
     n_layer: int = 4  # from scratch only: transformer blocks
     n_head: int = 4  # from scratch only: attention heads
     n_embd: int = 128  # from scratch only: width
     block_size: int = 128  # longest sequence in tokens; longer examples are truncated (see common.fit_to_context)
     dropout: float = 0.0  # from scratch only: dropout during SFT (later stages always run without)
-    batch_size: int = 32  # sequences per micro-batch
-    grad_accum: int = 1  # micro-batches per optimizer step
+    batch_size: int = 32  # sequences per micro-batch, shared out among the processes under torchrun
+    grad_accum: int = 1  # micro-batches per optimizer step (the loss is the token mean over all of them)
     max_steps: int = 600  # optimizer steps
     lr: float = 2e-3  # peak learning rate
     warmup_steps: int = 30  # linear warmup steps
@@ -105,6 +108,9 @@ def val_loss(model, examples, cfg, rt, pad_id):
 def main(argv=None):
     cfg, ckpt_path, resumed = run_config(Config, argv)
     rt = setup_runtime(cfg.device, cfg.dtype, cfg.seed)
+    if cfg.batch_size < rt.world_size:
+        raise SystemExit(f"--batch_size {cfg.batch_size} is smaller than the {rt.world_size} processes, which each "
+                         f"take a slice of every micro-batch: give at least {rt.world_size}, or run fewer processes")
     say = print if rt.master else lambda *a, **k: None
     say("sft config:")
     if rt.master:
@@ -117,21 +123,28 @@ def main(argv=None):
     elif not (cfg.val_file and cfg.eval_prompts):
         raise SystemExit("with --train_file, also give --val_file and --eval_prompts")
     else:
-        builtin_tokenizer = "gpt2"
         files = (cfg.train_file, cfg.val_file, cfg.eval_prompts)
     train_file, val_file, prompts_file = files
 
     # the initial model and its tokenizer
     if cfg.init_from == "scratch":
-        tokenizer_spec = cfg.tokenizer or builtin_tokenizer
+        if cfg.tokenizer or builtin:
+            tokenizer_spec = cfg.tokenizer or builtin_tokenizer
+        else:  # as for the built-in task, a BPE of the training data: offline, and saved beside the checkpoint
+            tokenizer_spec = str((Path(cfg.out_dir) / "tokenizer.tiktoken").resolve())
+            if rt.master and not resumed:  # a resumed run reads the one it trained
+                Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
+                train_tokenizer(train_file, tokenizer_spec)
+            if rt.world_size > 1:
+                dist.barrier()  # the other processes read the file the master writes
         enc = load_tokenizer(tokenizer_spec)
         model = GPT(GPTConfig(block_size=cfg.block_size, vocab_size=enc.n_vocab, n_layer=cfg.n_layer,
                               n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=cfg.dropout))
     elif cfg.init_from.endswith(".pt"):
-        model, tokenizer_spec, _ = load_policy(cfg.init_from)
+        model, tokenizer_spec, _ = load_policy(cfg.init_from, "--init_from")
         enc = load_tokenizer(tokenizer_spec)
     else:
-        model = GPT.from_pretrained(cfg.init_from)
+        model = GPT.from_pretrained(pretrained_dir(cfg.init_from))
         tokenizer_spec = cfg.tokenizer or "gpt2"
         enc = load_tokenizer(tokenizer_spec)
     if enc.n_vocab > model.config.vocab_size:
@@ -150,12 +163,13 @@ def main(argv=None):
     train_model = torch.compile(model) if cfg.compile else model
     if rt.world_size > 1:
         train_model = DDP(train_model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
-    log = MetricsLog(cfg.out_dir, resume=bool(resumed), enabled=rt.master)
+    log = MetricsLog(cfg.out_dir, resume_step=step if resumed else None, enabled=rt.master)
 
     def checkpoint(step, **extra):
         if rt.master:
-            save_checkpoint(ckpt_path, {"model": model.state_dict(), "model_config": asdict(model.config),
-                                        "tokenizer": tokenizer_spec, "config": asdict(cfg), "step": step,
+            save_checkpoint(ckpt_path, {"kind": "policy", "model": model.state_dict(),
+                                        "model_config": asdict(model.config), "tokenizer": tokenizer_spec,
+                                        "config": asdict(cfg), "step": step,
                                         **training_state(optimizer, rt.scaler), **extra})
 
     model.train()
@@ -166,18 +180,20 @@ def main(argv=None):
         lr = lr_at(step, cfg.max_steps, cfg.lr, cfg.warmup_steps)
         for group in optimizer.param_groups:
             group["lr"] = lr
+        batches = [[train[i] for i in batch_at(len(train), cfg.batch_size, step * cfg.grad_accum + micro, cfg.seed)]
+                   for micro in range(cfg.grad_accum)]
+        # the loss is the mean over every trained token of the step, in all micro-batches of all processes, so each
+        # micro-batch's mean is weighed by its share of those tokens (a mean of micro-batch means would not be)
+        n_trained = sum(sum(m[1:]) for batch in batches for _, m in batch)
         loss_sum = 0.0
-        for micro in range(cfg.grad_accum):
-            batch = [train[i] for i in batch_at(len(train), cfg.batch_size, step * cfg.grad_accum + micro, cfg.seed)]
-            # under torchrun each process takes every world_size-th sequence of the same batch, and weighs its
-            # mean by its share of the batch's trained tokens: the averaged gradient is the one-process gradient
-            mine = batch[rt.rank::rt.world_size]
-            share = sum(sum(m[1:]) for _, m in mine) / sum(sum(m[1:]) for _, m in batch)
+        for micro, batch in enumerate(batches):
+            mine = batch[rt.rank::rt.world_size]  # under torchrun each process takes a slice of the same batch
+            share = sum(sum(m[1:]) for _, m in mine) / n_trained
             ids, loss_mask = collate(mine, enc.eot_token, rt.device)
             sync = micro == cfg.grad_accum - 1 or rt.world_size == 1
             with contextlib.nullcontext() if sync else train_model.no_sync():
                 with rt.autocast():
-                    loss = sft_loss(train_model, ids, loss_mask) * share / cfg.grad_accum
+                    loss = sft_loss(train_model, ids, loss_mask) * share
                 rt.scaler.scale(loss * rt.world_size).backward()  # x world_size: DDP averages over processes
             loss_sum += loss.item()
             tokens_seen += ids.numel()

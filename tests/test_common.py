@@ -1,4 +1,13 @@
-from common import batch_at
+import json
+from dataclasses import asdict
+
+import pytest
+
+import dpo
+import reward
+from common import batch_at, fit_pair_to_context, load_policy, save_checkpoint
+from model import GPT, GPTConfig
+from reward import RewardModel, load_reward_model
 
 
 def epoch(n, batch_size, e, seed):
@@ -14,3 +23,54 @@ def test_batches_cover_each_epoch_once():
         assert len(seen) == len(set(seen)) == n // batch_size * batch_size  # a partial last batch is dropped
         assert epoch(n, batch_size, 1, seed=1) != batches  # a new shuffle every epoch
         assert epoch(n, batch_size, 0, seed=2) != batches
+
+
+def test_a_checkpoint_of_the_wrong_kind_is_refused_in_one_line(tmp_path):
+    config = GPTConfig(block_size=8, vocab_size=10, n_layer=1, n_head=1, n_embd=8)
+    shared = {"model_config": asdict(config), "tokenizer": "tok.tiktoken"}
+    save_checkpoint(tmp_path / "sft.pt", {"kind": "policy", "model": GPT(config).state_dict(), **shared})
+    save_checkpoint(tmp_path / "ppo.pt", {"kind": "ppo_policy", "model": GPT(config).state_dict(), **shared})
+    save_checkpoint(tmp_path / "rm.pt", {"kind": "reward_model", "model": RewardModel(config).state_dict(), **shared})
+    save_checkpoint(tmp_path / "old.pt", {"model": GPT(config).state_dict(), **shared})
+    load_policy(tmp_path / "sft.pt")
+    load_policy(tmp_path / "ppo.pt")  # PPO's policy, without its value head, is a policy for later stages
+    load_reward_model(tmp_path / "rm.pt")
+
+    def refusal(load, path, flag):
+        with pytest.raises(ValueError) as e:
+            load(tmp_path / path, flag)
+        return str(e.value).replace(str(tmp_path / path), path)
+
+    assert refusal(load_reward_model, "sft.pt", "--reward_ckpt") == (
+        "sft.pt is a policy checkpoint (written by sft.py or dpo.py); "
+        "--reward_ckpt needs a reward_model checkpoint (written by reward.py)")
+    assert refusal(load_policy, "rm.pt", "--sft_ckpt") == (
+        "rm.pt is a reward_model checkpoint (written by reward.py); --sft_ckpt needs a policy checkpoint "
+        "(written by sft.py or dpo.py) or a ppo_policy checkpoint (written by ppo.py)")
+    assert refusal(load_policy, "old.pt", "--sft_ckpt").startswith(
+        "old.pt records no kind: an older version of this code wrote it; --sft_ckpt needs a policy checkpoint")
+
+
+class CharEncoding:
+    """What tokenizer.render needs of a tokenizer, one token per character: token ids that read as text."""
+    eot_token = ord("$")
+
+    def encode_ordinary(self, text):
+        return [ord(c) for c in text]
+
+
+def test_both_sides_of_a_long_pair_keep_the_same_prompt_tokens(tmp_path):
+    ids = lambda text: [ord(c) for c in text]
+    # a 10-token prompt. For the longer side, the rejected (6 tokens and end-of-text), the rule keeps half the
+    # context for the prompt: "fghij", on both sides. Then the rejected response loses its end.
+    chosen = (ids("abcdefghijkl$"), [0] * 10 + [1] * 3)
+    rejected = (ids("abcdefghijmnopqr$"), [0] * 10 + [1] * 7)
+    want_chosen, want_rejected = (ids("fghijkl$"), [0] * 5 + [1] * 3), (ids("fghijmnopq"), [0] * 5 + [1] * 5)
+    assert fit_pair_to_context(chosen, rejected, 10) == (want_chosen, want_rejected, True)
+    assert fit_pair_to_context(rejected, chosen, 10) == (want_rejected, want_chosen, True)
+    assert fit_pair_to_context(chosen, rejected, 17) == (chosen, rejected, False)
+    # both stages read their pairs through it
+    path = tmp_path / "pairs.jsonl"
+    path.write_text(json.dumps({"prompt": "abcdefghij", "chosen": "kl", "rejected": "mnopqr"}) + "\n")
+    assert dpo.load_pairs(path, CharEncoding(), 10) == [(*want_chosen, *want_rejected)]
+    assert reward.load_pairs(path, CharEncoding(), 10)[1] == [(want_chosen[0], want_rejected[0])]

@@ -9,9 +9,10 @@ import torch
 import torch.nn.functional as F
 
 import dpo
-from common import setup_runtime
+from common import batch_at, load_policy, save_checkpoint, setup_runtime
 from dpo import all_pair_logps, dpo_loss, pair_logps, sequence_logps
 from model import GPT, GPTConfig
+from tokenizer import load_tokenizer
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -67,6 +68,15 @@ def test_unknown_loss_type():
         dpo_loss(*with_h(1.0), beta=0.1, loss_type="kto")
 
 
+@pytest.mark.parametrize("loss_type", ["ipo", "hinge"])
+def test_label_smoothing_is_for_the_sigmoid_loss_only(loss_type, tmp_path, monkeypatch):
+    with pytest.raises(ValueError, match=f"label_smoothing is for the sigmoid loss only, not {loss_type}"):
+        dpo_loss(*with_h(1.0), beta=0.1, loss_type=loss_type, label_smoothing=0.1)
+    monkeypatch.chdir(tmp_path)  # the command line refuses it before it reads anything
+    with pytest.raises(SystemExit, match=f"--label_smoothing is for --loss_type sigmoid .*; {loss_type} has no use"):
+        dpo.main(["--loss_type", loss_type, "--label_smoothing", "0.1"])
+
+
 # --- sequence log-probs: response tokens only, padding ignored ---------------------------------------------
 
 EOT = 49
@@ -99,6 +109,23 @@ def test_pair_logps_sum_response_tokens_only():  # the prompt's tokens are conte
     for (c, r), lc, lr in zip(PAIRS, chosen, rejected):
         assert lc.item() == pytest.approx(by_hand(model, *c), abs=1e-4)
         assert lr.item() == pytest.approx(by_hand(model, *r), abs=1e-4)
+
+
+def test_mean_logps_and_logits_on_response_tokens_only():
+    model = tiny()
+    pairs = [(*c, *r) for c, r in PAIRS]
+    ids, loss_mask = dpo.collate(pairs, EOT, "cpu")
+    # the old way: logits at every position, then the mask
+    full = (dpo.token_logprobs(model(ids)[:, :-1], ids[:, 1:]) * loss_mask[:, 1:]).sum(1)
+    rows = []
+    model.lm_head.register_forward_hook(lambda module, args, out: rows.append(out.shape[0]))
+    torch.testing.assert_close(sequence_logps(model, ids, loss_mask), full)
+    assert rows == [loss_mask[:, 1:].sum()]  # one row of logits per response token, none for prompt and padding
+    # average: the mean over each row's response tokens (IPO's)
+    n_tokens = torch.tensor([3, 2, 6, 4])  # each response and its end-of-text
+    torch.testing.assert_close(sequence_logps(model, ids, loss_mask, average=True), full / n_tokens)
+    chosen, rejected = pair_logps(model, pairs, EOT, setup_runtime("cpu", "float32"), average=True)
+    torch.testing.assert_close(torch.cat([chosen, rejected]), full / n_tokens)
 
 
 def test_all_pair_logps_keeps_the_order_of_the_pairs():
@@ -174,18 +201,41 @@ def test_smoke_builtin_task(workdir):
     assert ckpt["model"].keys() == sft["model"].keys() and ckpt["tokenizer"] == sft["tokenizer"]
 
 
-def test_smoke_own_jsonl_recomputing_the_reference(workdir, tmp_path):
+def own_jsonl(d):
+    """A tiny preference dataset of one's own in d, and the flags that give it to dpo.py."""
     pairs = [{"prompt": f"\n\nHuman: say {w}\n\nAssistant:", "chosen": f" {w}.", "rejected": " No."}
              for w in ("yes", "hello", "tea", "blue", "seven", "ok")]
     for name, recs in (("train", pairs), ("val", pairs[:2]), ("prompts", [{"prompt": p["prompt"]} for p in pairs])):
-        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
-    run(workdir, "dpo.py", *TINY, "--out_dir", str(tmp_path / "dpo"), "--train_file", str(tmp_path / "train.jsonl"),
-        "--val_file", str(tmp_path / "val.jsonl"), "--eval_prompts", str(tmp_path / "prompts.jsonl"), "--recompute_ref",
+        (d / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    return ["--train_file", str(d / "train.jsonl"), "--val_file", str(d / "val.jsonl"), "--eval_prompts",
+            str(d / "prompts.jsonl")]
+
+
+def test_smoke_own_jsonl_recomputing_the_reference(workdir, tmp_path):
+    run(workdir, "dpo.py", *TINY, *own_jsonl(tmp_path), "--out_dir", str(tmp_path / "dpo"), "--recompute_ref",
         "--loss_type", "ipo", "--beta", "0.1")
     metrics = read_metrics(tmp_path / "dpo")
     assert metrics[0]["loss"] == pytest.approx(25.0, abs=1e-3)  # IPO at h = 0 with beta 0.1
+    # IPO's log-probs are means per response token: those of the SFT policy on the first batch's chosen responses
+    policy, spec, _ = load_policy(workdir / "out" / "sft" / "ckpt.pt")
+    enc = load_tokenizer(spec)
+    train = dpo.load_pairs(tmp_path / "train.jsonl", enc, policy.config.block_size)
+    first = [train[i] for i in batch_at(len(train), 4, 0, 0)]
+    chosen, _ = pair_logps(policy.eval(), first, enc.eot_token, setup_runtime("cpu", "float32"), average=True)
+    assert metrics[0]["logps/chosen"] == pytest.approx(chosen.mean().item(), abs=1e-5)
     assert "eval/kl" in metrics[1] and "eval/win_rate" not in metrics[1]  # no gold judge for a dataset of one's own
     assert "kl" in torch.load(tmp_path / "dpo" / "ckpt.pt", weights_only=True)["summary"]
+
+
+def test_loss_at_step_0_is_ln2_even_after_sft_with_dropout(workdir, tmp_path):
+    """DPO runs with dropout off, whatever SFT used: the policy is the reference before its first step."""
+    sft = torch.load(workdir / "out" / "sft" / "ckpt.pt", weights_only=True)
+    sft["model_config"]["dropout"] = 0.1  # what sft.py --dropout 0.1 records, and later stages build the model from
+    save_checkpoint(tmp_path / "sft_dropout.pt", sft)
+    dpo.main(TINY + own_jsonl(tmp_path) + ["--max_steps", "1", "--sft_ckpt", str(tmp_path / "sft_dropout.pt"),
+                                           "--recompute_ref", "--out_dir", str(tmp_path / "dpo")])
+    first = read_metrics(tmp_path / "dpo")[0]
+    assert first["rewards/margins"] == 0 and first["loss"] == pytest.approx(math.log(2), abs=1e-6)
 
 
 def test_resume_after_interruption_gives_the_same_weights(workdir, monkeypatch):

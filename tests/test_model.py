@@ -1,11 +1,16 @@
+import ast
 import json
 import struct
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from common import download_file, pretrained_dir
 from model import GPT, GPTConfig, ScalarHead, filter_logits, response_mask
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def tiny(seed=0, **kw):
@@ -203,22 +208,44 @@ def test_from_pretrained_names_bad_keys(tmp_path, edit, message):
         GPT.from_pretrained(str(tmp_path))
 
 
+def test_from_pretrained_refuses_an_untied_output_layer(tmp_path):
+    model = tiny(5)
+    write_config(tmp_path / "config.json", model.config)
+    state = hf_state(model, "transformer.")
+    state["lm_head.weight"] = model.lm_head.weight.detach() + 0.01  # trained apart from the input embedding
+    torch.save(state, tmp_path / "pytorch_model.bin")
+    with pytest.raises(ValueError, match="lm_head.weight differs from its wte.weight"):
+        GPT.from_pretrained(tmp_path)
+
+
 def test_from_pretrained_by_name_uses_the_download_cache(tmp_path):
-    """GPT.from_pretrained("gpt2") downloads into the cache once; a filled cache needs no network."""
+    """A GPT-2 name resolves to the download cache, filled once: a filled cache needs no network."""
     model = tiny(6)
     (tmp_path / "gpt2").mkdir()
     write_config(tmp_path / "gpt2" / "config.json", model.config)
     write_safetensors(tmp_path / "gpt2" / "model.safetensors", hf_state(model, ""))
-    loaded = GPT.from_pretrained("gpt2", cache_dir=tmp_path).eval()
+    assert pretrained_dir("gpt2", cache_dir=tmp_path) == tmp_path / "gpt2"
+    assert pretrained_dir(str(tmp_path / "gpt2")) == tmp_path / "gpt2"  # a directory is used as it is
+    loaded = GPT.from_pretrained(pretrained_dir("gpt2", cache_dir=tmp_path)).eval()
     idx, mask = left_pad(ROWS)
     torch.testing.assert_close(loaded(idx, mask), model(idx, mask))
     with pytest.raises(FileNotFoundError, match="neither a checkpoint directory nor one of"):
-        GPT.from_pretrained("gpt3", cache_dir=tmp_path)
+        pretrained_dir("gpt3", cache_dir=tmp_path)
+    with pytest.raises(FileNotFoundError, match="not a Hugging Face checkpoint directory"):
+        GPT.from_pretrained("gpt2")  # names are resolved by common.pretrained_dir, not by the model
+
+
+@pytest.mark.parametrize("module", ["model.py", "tokenizer.py"])
+def test_bottom_layers_import_nothing_of_ours(module):
+    """model.py and tokenizer.py sit below everything else: not even a function-level import of ours."""
+    ours = {p.stem for p in ROOT.glob("*.py")} | {"data"}
+    tree = ast.parse((ROOT / module).read_text())
+    imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    imported |= {node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+    assert not imported & ours
 
 
 def test_download_file_is_atomic(tmp_path):
-    from common import download_file
-
     src = tmp_path / "src.bin"
     src.write_bytes(b"x" * 3_000_000)
     target = download_file(src.as_uri(), tmp_path / "cache" / "model.safetensors")

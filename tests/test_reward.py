@@ -52,10 +52,11 @@ PAIRS = [([5, 6, 7, 8, 9, EOT_ID], [5, 6, EOT_ID]),
 def test_reward_is_read_at_end_of_text_whatever_the_padding():
     torch.manual_seed(0)
     rm = RewardModel(GPTConfig(block_size=32, vocab_size=50, n_layer=2, n_head=2, n_embd=16))
+    rm.gain.fill_(1.5)
     rm.bias.fill_(0.25)
     seqs = [c for c, _ in PAIRS] + [r for _, r in PAIRS]
-    # by hand: the head on the hidden state of each sequence's last token, its end-of-text, plus the bias
-    expected = torch.stack([rm.head(rm.gpt.hidden_states(torch.tensor([s]))[0, -1]) + rm.bias for s in seqs])
+    # by hand: the head on the hidden state of each sequence's last token, its end-of-text, times the gain plus the bias
+    expected = torch.stack([1.5 * rm.head(rm.gpt.hidden_states(torch.tensor([s]))[0, -1]) + 0.25 for s in seqs])
     for s, e in zip(seqs, expected):
         torch.testing.assert_close(rm(torch.tensor([s]), torch.ones(1, len(s))), e[None])
     # training's layout: chosen rows then rejected rows, right-padded with end-of-text
@@ -72,6 +73,19 @@ def test_reward_is_read_at_end_of_text_whatever_the_padding():
     torch.testing.assert_close(rm(ids, mask), expected)
 
 
+def test_normalisation_known_values():
+    raw = torch.tensor([1.0, 3.0, 5.0, 100.0])
+    # over the three that ended: mean 3, standard deviation sqrt(8/3)
+    gain, bias = reward.normalisation(raw, torch.tensor([True, True, True, False]))
+    assert (gain.item(), bias.item()) == pytest.approx((math.sqrt(3 / 8), -3 * math.sqrt(3 / 8)))
+    torch.testing.assert_close(gain * raw[:3] + bias, torch.tensor([-math.sqrt(1.5), 0.0, math.sqrt(1.5)]))
+    # fewer than two ended: over all four (mean 27.25)
+    gain, bias = reward.normalisation(raw, torch.tensor([False, False, True, False]))
+    normalised = gain * raw + bias
+    assert normalised.mean().item() == pytest.approx(0, abs=1e-6)
+    assert normalised.std(correction=0).item() == pytest.approx(1)
+
+
 @pytest.fixture
 def tiny_task(tmp_path):
     """Preference pairs in the real file format (the right sum chosen over a wrong one), a BPE, a random 'SFT' model."""
@@ -85,7 +99,8 @@ def tiny_task(tmp_path):
     save_bpe(train_bpe([r["prompt"] + r["chosen"] + r["rejected"] for r in rows], 300), tok)
     torch.manual_seed(0)
     gpt = GPT(GPTConfig(block_size=64, vocab_size=300, n_layer=1, n_head=2, n_embd=32))
-    save_checkpoint(tmp_path / "sft.pt", {"model": gpt.state_dict(), "model_config": asdict(gpt.config), "tokenizer": tok})
+    save_checkpoint(tmp_path / "sft.pt", {"kind": "policy", "model": gpt.state_dict(), "model_config": asdict(gpt.config),
+                                          "tokenizer": tok})
     return tmp_path
 
 
@@ -96,19 +111,28 @@ def tiny_args(d, out):
             "--ckpt_interval", "4", "--n_norm", "12", "--max_new_tokens", "8"]
 
 
-def test_normalised_reward_scores_sft_samples_at_mean_zero(tiny_task):
-    summary = reward.main(tiny_args(tiny_task, "rm"))
-    rm, spec = load_reward_model(tiny_task / "rm" / "ckpt.pt")
-    assert rm.bias.item() == summary["norm_bias"] != 0
+def test_normalised_reward_scores_sft_samples_at_mean_zero_and_std_one(tiny_task):
+    # a random "SFT" model rarely ends a response: raise its end-of-text logit by 4 so that most of them do
+    sft = common.load_checkpoint(tiny_task / "sft.pt")
+    enc = load_tokenizer(sft["tokenizer"])
+    eot_embedding = sft["model"]["transformer.wte.weight"][enc.eot_token]
+    sft["model"]["transformer.ln_f.bias"] = 4 * eot_embedding / eot_embedding.norm() ** 2
+    save_checkpoint(tiny_task / "sft_ending.pt", sft)
+    summary = reward.main(tiny_args(tiny_task, "rm") + ["--sft_ckpt", str(tiny_task / "sft_ending.pt")])
+    rm, _ = load_reward_model(tiny_task / "rm" / "ckpt.pt")
+    assert rm.bias.item() == summary["norm_bias"] != 0 and rm.gain.item() == summary["norm_gain"] != 1
     # score the SFT policy's samples again, from the checkpoints alone, the way PPO will
-    policy, _, _ = load_policy(tiny_task / "sft.pt")
-    enc = load_tokenizer(spec)
+    policy, _, _ = load_policy(tiny_task / "sft_ending.pt")
     prompts = [json.loads(l)["prompt"] for l in (tiny_task / "prompts.jsonl").read_text().splitlines()][:12]
     rt = setup_runtime("cpu", "float32", 0)
     batches = sample(policy, common.encode_prompts(enc, prompts, 64 - 8), rt, enc.eot_token, 8, 1.0, 64, 0)
     with torch.no_grad():
         scores = torch.cat([rm(torch.cat([p, t], 1), torch.cat([pm, m], 1)) for p, pm, t, m in batches])
-    assert abs(scores.mean().item()) < 1e-5
+    ended = torch.cat([(t == enc.eot_token).any(1) for _, _, t, _ in batches])
+    assert summary["norm_ended"] == ended.float().mean().item() and 2 <= ended.sum() < len(ended)
+    # the samples that ended score mean 0 and standard deviation 1; the others do not count
+    assert abs(scores[ended].mean().item()) < 1e-5
+    assert scores[ended].std(correction=0).item() == pytest.approx(1, abs=1e-5)
     ckpt = common.load_checkpoint(tiny_task / "rm" / "ckpt.pt")
     assert set(ckpt) >= {"model", "model_config", "tokenizer", "config", "step", "summary"}
     assert ckpt["model_config"]["dropout"] == 0.0 and ckpt["step"] == 8

@@ -1,9 +1,11 @@
 import json
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import pytest
+import tiktoken
 import torch
 
 import common
@@ -96,38 +98,87 @@ def tiny_data(tmp_path):
     return tmp_path
 
 
-def tiny_args(d, out):
+def tiny_args(d, out, tokenizer=True):
     return ["--train_file", str(d / "train.jsonl"), "--val_file", str(d / "val.jsonl"), "--eval_prompts",
-            str(d / "prompts.jsonl"), "--tokenizer", str(d / "tok.tiktoken"), "--out_dir", str(d / out),
-            "--n_layer", "1", "--n_embd", "32", "--n_head", "2", "--batch_size", "8", "--max_steps", "8",
-            "--warmup_steps", "2", "--eval_interval", "4", "--ckpt_interval", "4", "--n_eval", "4",
-            "--max_new_tokens", "8", "--dropout", "0.1"]
+            str(d / "prompts.jsonl"), "--out_dir", str(d / out), "--n_layer", "1", "--n_embd", "32", "--n_head", "2",
+            "--batch_size", "8", "--max_steps", "8", "--warmup_steps", "2", "--eval_interval", "4", "--ckpt_interval",
+            "4", "--n_eval", "4", "--max_new_tokens", "8", "--dropout", "0.1"] + \
+        (["--tokenizer", str(d / "tok.tiktoken")] if tokenizer else [])
 
 
-def test_resume_after_interruption_gives_the_same_weights(tiny_data, monkeypatch):
+def test_resume_after_a_kill_gives_the_same_weights_and_metrics(tiny_data, monkeypatch):
     sft.main(tiny_args(tiny_data, "straight"))
     straight = common.load_checkpoint(tiny_data / "straight" / "ckpt.pt")
 
-    real_save = sft.save_checkpoint
+    real_lr_at = sft.lr_at
 
-    def save_then_crash(path, obj):  # the process dies right after its first checkpoint (step 4 of 8)
-        real_save(path, obj)
-        raise KeyboardInterrupt
+    def killed_at_step_6(step, *args):  # two steps after the checkpoint of step 4, both already logged
+        if step == 6:
+            raise KeyboardInterrupt
+        return real_lr_at(step, *args)
 
-    monkeypatch.setattr(sft, "save_checkpoint", save_then_crash)
+    monkeypatch.setattr(sft, "lr_at", killed_at_step_6)
     with pytest.raises(KeyboardInterrupt):
         sft.main(tiny_args(tiny_data, "interrupted"))
     assert common.load_checkpoint(tiny_data / "interrupted" / "ckpt.pt")["step"] == 4
-    monkeypatch.setattr(sft, "save_checkpoint", real_save)
+    monkeypatch.setattr(sft, "lr_at", real_lr_at)
     sft.main(["--out_dir", str(tiny_data / "interrupted"), "--resume"])
     resumed = common.load_checkpoint(tiny_data / "interrupted" / "ckpt.pt")
 
     assert resumed["step"] == straight["step"] == 8
     for k, v in straight["model"].items():
         assert torch.equal(v, resumed["model"][k]), k
-    # metrics.jsonl goes on where it stopped: steps 1..8 once each
-    steps = [json.loads(l)["step"] for l in (tiny_data / "interrupted" / "metrics.jsonl").read_text().splitlines()]
-    assert steps[:8] == list(range(1, 9))
+    # metrics.jsonl dropped the steps 5 and 6 that the checkpoint does not hold: each step once, in order, then
+    # the final summary, exactly as the uninterrupted run logged them
+    read = lambda run: [json.loads(l) for l in (tiny_data / run / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in read("interrupted")] == list(range(1, 9)) + [8]
+    assert [m["loss"] for m in read("interrupted")[:8]] == [m["loss"] for m in read("straight")[:8]]
+
+
+def test_gradient_accumulation_equals_one_batch(tiny_data):
+    """Two micro-batches of 4 make the step of one batch of 8: the loss is the mean over all their trained tokens."""
+    # responses of different lengths: micro-batches of different numbers of trained tokens, which a mean of
+    # micro-batch means would weigh wrongly
+    rows = [json.loads(l) for l in (tiny_data / "train.jsonl").read_text().splitlines()]
+    (tiny_data / "train.jsonl").write_text("".join(json.dumps({**r, "response": r["response"] + " Sure." * (i % 5)})
+                                                   + "\n" for i, r in enumerate(rows)))
+    enc = sft.load_tokenizer(str(tiny_data / "tok.tiktoken"))
+    train = sft.load_examples(tiny_data / "train.jsonl", enc, 128)
+    counts = [sum(sum(train[i][1][1:]) for i in common.batch_at(len(train), 4, k, 0)) for k in range(6)]
+    assert all(counts[k] != counts[k + 1] for k in (0, 2, 4))
+    steps = ["--max_steps", "3", "--dropout", "0"]
+    accumulated = sft.main(tiny_args(tiny_data, "accumulated") + steps + ["--batch_size", "4", "--grad_accum", "2"])
+    whole = sft.main(tiny_args(tiny_data, "whole") + steps)
+    a = common.load_checkpoint(tiny_data / "accumulated" / "ckpt.pt")["model"]
+    b = common.load_checkpoint(tiny_data / "whole" / "ckpt.pt")["model"]
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=1e-5)
+    assert accumulated["val_loss"] == pytest.approx(whole["val_loss"], abs=1e-6)
+
+
+def test_more_processes_than_sequences_is_an_error(tiny_data, monkeypatch):
+    four = lambda *a: common.Runtime(torch.device("cpu"), torch.float32, torch.amp.GradScaler("cpu", enabled=False),
+                                     rank=3, world_size=4)
+    monkeypatch.setattr(sft, "setup_runtime", four)
+    with pytest.raises(SystemExit, match="--batch_size 2 is smaller than the 4 processes"):
+        sft.main(tiny_args(tiny_data, "four") + ["--batch_size", "2"])
+
+
+def test_from_scratch_on_own_data_trains_its_tokenizer_offline(tiny_data, monkeypatch, capsys):
+    """Without --init_from and --tokenizer, sft.py trains a BPE on the training file, as for the built-in task."""
+    def no_network(*args, **kwargs):
+        raise OSError("this test is offline")
+
+    monkeypatch.setattr(tiktoken, "get_encoding", no_network)  # what the gpt2 tokenizer needs on first use
+    monkeypatch.setattr(urllib.request, "urlopen", no_network)
+    sft.main(tiny_args(tiny_data, "own", tokenizer=False) + ["--max_steps", "2"])
+    tokenizer = tiny_data / "own" / "tokenizer.tiktoken"  # beside the checkpoint, which names it
+    assert f"-token BPE on {tiny_data / 'train.jsonl'}" in capsys.readouterr().out
+    ckpt = common.load_checkpoint(tiny_data / "own" / "ckpt.pt")
+    assert ckpt["tokenizer"] == str(tokenizer)
+    enc = sft.load_tokenizer(str(tokenizer))
+    assert ckpt["model_config"]["vocab_size"] == enc.n_vocab < 2048  # the data runs out of merges first
+    assert len(enc.encode_ordinary(" 7 plus 5 is 12.")) < len(" 7 plus 5 is 12.") / 2  # and it has learned them
 
 
 def test_non_finite_loss_stops_with_clear_error(tiny_data, monkeypatch):
@@ -153,10 +204,11 @@ def test_smoke_builtin_task_through_the_command_line(tmp_path):
 
 def test_two_torchrun_processes_equal_one(tiny_data):
     """DDP on CPU (gloo): each process takes half of every batch; the weights match a single process."""
-    args = tiny_args(tiny_data, "one") + ["--grad_accum", "2", "--dropout", "0"]  # dropout masks differ per split
+    # dropout masks differ per split; each run trains its tokenizer (the same), the second on one process only
+    args = tiny_args(tiny_data, "one", tokenizer=False) + ["--grad_accum", "2", "--dropout", "0"]
     one = subprocess.run([sys.executable, str(ROOT / "sft.py"), *args], capture_output=True, text=True, timeout=300)
     assert one.returncode == 0, one.stderr
-    args = tiny_args(tiny_data, "two") + ["--grad_accum", "2", "--dropout", "0"]
+    args = tiny_args(tiny_data, "two", tokenizer=False) + ["--grad_accum", "2", "--dropout", "0"]
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                           str(ROOT / "sft.py"), *args], capture_output=True, text=True, timeout=300)
     assert two.returncode == 0, two.stderr
