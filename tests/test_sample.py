@@ -37,12 +37,12 @@ def ckpts(tmp_path_factory):
             for p in model.parameters():
                 if p.dim() == 2:
                     p.normal_(std=0.3)
-        extra = {}
+        extra = {"kind": "policy"}
         if name == "b":  # every hidden state becomes the end-of-text embedding, scaled up
             with torch.no_grad():
                 model.transformer.ln_f.weight.zero_()
                 model.transformer.ln_f.bias.copy_(model.transformer.wte.weight[eot] * 100)
-            extra = {"value_head": ScalarHead(32).state_dict()}
+            extra = {"kind": "ppo_policy", "value_head": ScalarHead(32).state_dict()}
         save_checkpoint(d / f"{name}.pt", {"model": model.state_dict(), "model_config": asdict(model.config),
                                            "tokenizer": str(d / "tok.tiktoken"), "config": {}, "step": 0, **extra})
     return d
