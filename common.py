@@ -469,12 +469,19 @@ def print_samples(prompts, texts, scores, n):
         print(f"--- gold {scores[i]:+.2f}{p}{t}" if scores is not None else f"---{p}{t}")
 
 
-def batch_at(n, batch_size, k, seed):
+def batch_at(n, batch_size, k, seed, lengths=None):
     """
     Indices of the k-th batch of a run: epochs of a shuffle seeded by (seed, epoch), last partial batch dropped.
-    A function of k alone, so a resumed run reads exactly the batches the interrupted one would have.
+    With lengths (a tensor, one per example), each batch holds examples of similar length, since a batch pads to
+    its longest row: windows of 64 batches of the shuffle are sorted by length and cut into batches, and the
+    batches of the epoch are shuffled. A function of k alone, so a resumed run reads exactly the batches the
+    interrupted one would have.
     """
     per_epoch = max(1, n // batch_size)
     epoch, j = divmod(k, per_epoch)
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100003 + epoch))
+    g = torch.Generator().manual_seed(seed * 100003 + epoch)
+    perm = torch.randperm(n, generator=g)[:per_epoch * batch_size]
+    if lengths is not None:
+        perm = torch.cat([w[torch.argsort(lengths[w], stable=True)] for w in perm.split(64 * batch_size)])
+        return perm.view(per_epoch, batch_size)[torch.randperm(per_epoch, generator=g)[j]].tolist()
     return perm[j * batch_size:(j + 1) * batch_size].tolist()

@@ -45,7 +45,7 @@ class Config:
     dropout: float = 0.0  # from scratch only: dropout during SFT (later stages always run without)
     batch_size: int = 32  # sequences per micro-batch, shared out among the processes under torchrun
     grad_accum: int = 1  # micro-batches per optimizer step (the loss is the token mean over all of them)
-    max_steps: int = 600  # optimizer steps
+    max_steps: int = 2500  # optimizer steps (about 4 epochs of the built-in task: enough to learn most of its facts)
     lr: float = 2e-3  # peak learning rate
     warmup_steps: int = 30  # linear warmup steps
     weight_decay: float = 0.1  # AdamW weight decay, on matrices only
@@ -176,12 +176,13 @@ def main(argv=None):
     bar = tqdm(range(step, cfg.max_steps), initial=step, total=cfg.max_steps, desc="sft", dynamic_ncols=True,
                disable=not rt.master)
     t0, tokens_seen = time.time(), 0
+    lengths = torch.tensor([len(ids) for ids, _ in train])  # batches of similar lengths pad less: about 2x faster
     for step in bar:
         lr = lr_at(step, cfg.max_steps, cfg.lr, cfg.warmup_steps)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        batches = [[train[i] for i in batch_at(len(train), cfg.batch_size, step * cfg.grad_accum + micro, cfg.seed)]
-                   for micro in range(cfg.grad_accum)]
+        batches = [[train[i] for i in batch_at(len(train), cfg.batch_size, step * cfg.grad_accum + micro, cfg.seed,
+                                               lengths)] for micro in range(cfg.grad_accum)]
         # the loss is the mean over every trained token of the step, in all micro-batches of all processes, so each
         # micro-batch's mean is weighed by its share of those tokens (a mean of micro-batch means would not be)
         n_trained = sum(sum(m[1:]) for batch in batches for _, m in batch)

@@ -47,7 +47,7 @@ RHYMES = {"cat": ["hat", "bat", "mat", "rat", "sat"], "day": ["hay", "clay", "tr
 # no word belongs to two lists, so naming an item from another list is unambiguously wrong
 ITEMS = [x for words in [*CATEGORIES.values(), *RHYMES.values()] for x in words]
 NUMBER_WORDS = {"two": 2, "three": 3}
-LARGEST = 10  # operands are 1..LARGEST
+LARGEST = 6  # operands are 1..LARGEST: few enough sums for a small model to learn them
 
 FEELINGS = ["overwhelmed", "anxious", "stressed", "worried", "unmotivated", "nervous"]
 ADVICE = {  # topic: (words that make a reply relevant, concrete tips: each one whole is a piece of advice)
@@ -191,8 +191,11 @@ def _question(kind: str, key: str, s: dict) -> Question:
 
 BEHAVIOURS = ["helpful", "curt", "unsure", "wrong", "offtopic", "rambling", "rude", "flattering"]
 # SFT imitates this mixture: fluent but unrefined, leaving RLHF clear headroom
-SFT_MIXTURE = {"helpful": 0.25, "curt": 0.15, "unsure": 0.1, "wrong": 0.1, "offtopic": 0.1, "rambling": 0.1,
+SFT_MIXTURE = {"helpful": 0.3, "curt": 0.15, "unsure": 0.1, "wrong": 0.05, "offtopic": 0.1, "rambling": 0.1,
                "rude": 0.1, "flattering": 0.1}
+# training prompts favour the kinds with most to learn (sums, facts, which words belong to a list); the
+# validation and held-out prompts hold every kind equally
+KIND_WEIGHTS = {"arith": 0.3, "fact": 0.2, "instruct": 0.25, "advice": 0.125, "smalltalk": 0.125}
 
 STATEMENTS = {  # by key; {ans} is the right answer for helpful and a wrong one for wrong
     "plus": ["{a} plus {b} is {ans}", "Sure! {a} + {b} = {ans}", "Adding {a} and {b} gives {ans}"],
@@ -264,7 +267,7 @@ def respond(rng: random.Random, prompt: str, behaviour: str) -> str:
     elif behaviour == "offtopic":
         text = " ".join(rng.sample(OFFTOPIC, rng.randint(1, 2)))
     elif behaviour == "rambling":
-        words, target = ["well,"], rng.randint(45, 62)
+        words, target = ["well,"], rng.randint(30, 45)
         while len(words) < target:
             words += rng.choice(RAMBLES).format(topic=q.topic).split()
         text = " ".join(words[:target]).rstrip(",") + ", and so on."
@@ -549,7 +552,7 @@ def generate(out_dir: str = "out/data", seed: int = 0, *, rater_temperature: flo
         n_val = max(1, int(VAL_FRACTION * (len(prompts) - n_ev)))
         pool["eval"][kind], pool["val"][kind], pool["train"][kind] = \
             prompts[:n_ev], prompts[n_ev:n_ev + n_val], prompts[n_ev + n_val:]
-    draw = lambda r, split: r.choice(pool[split][r.choice(KINDS)])  # kinds equally often
+    draw = lambda r, split: r.choice(pool[split][r.choices(KINDS, weights=[KIND_WEIGHTS[k] for k in KINDS])[0]])
 
     files, agreement = {}, {}
     for split, n_sft, n_prefs in (("train", n_sft_train, n_prefs_train), ("val", n_sft_val, n_prefs_val)):

@@ -2,6 +2,7 @@ import json
 from dataclasses import asdict
 
 import pytest
+import torch
 
 import dpo
 import reward
@@ -74,3 +75,18 @@ def test_both_sides_of_a_long_pair_keep_the_same_prompt_tokens(tmp_path):
     path.write_text(json.dumps({"prompt": "abcdefghij", "chosen": "kl", "rejected": "mnopqr"}) + "\n")
     assert dpo.load_pairs(path, CharEncoding(), 10) == [(*want_chosen, *want_rejected)]
     assert reward.load_pairs(path, CharEncoding(), 10)[1] == [(want_chosen[0], want_rejected[0])]
+
+
+def test_length_grouped_batches_cover_each_epoch_once_and_pad_little():
+    torch.manual_seed(0)
+    n, batch_size = 1000, 8
+    lengths = torch.randint(1, 100, (n,))
+    batches = [batch_at(n, batch_size, k, 1, lengths) for k in range(n // batch_size)]
+    seen = [i for b in batches for i in b]
+    assert len(seen) == len(set(seen)) == n
+    assert batches != [batch_at(n, batch_size, k, 1, lengths) for k in range(n // batch_size, 2 * n // batch_size)]
+    padded = lambda bs: sum(len(b) * max(lengths[b]).item() for b in bs) / lengths.sum().item()
+    assert padded(batches) < 1.1 < 1.5 < padded(epoch(n, batch_size, 0, seed=1))
+    # the batches of an epoch come in a shuffled order of lengths, not sorted
+    means = [lengths[b].float().mean().item() for b in batches]
+    assert means != sorted(means)

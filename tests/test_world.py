@@ -216,7 +216,8 @@ def test_behaviours_are_ordered():
     assert labels["wrong"] == {"wrong"} and labels["offtopic"] <= {"evasive", "wrong"}
     assert labels["rambling"] == labels["flattering"] == {"evasive"} and labels["rude"] == {"right", "evasive"}
     mean = {b: sum(s) / len(s) for b, s in scores.items()}
-    ordered = [mean[b] for b in ("helpful", "curt", "unsure", "offtopic", "wrong", "flattering", "rambling")]
+    ordered = [mean[b] for b in ("helpful", "curt", "unsure", "offtopic", "wrong")]
+    ordered.append(max(mean["flattering"], mean["rambling"]))
     assert all(better > worse + 0.3 for better, worse in zip(ordered, ordered[1:])), mean
 
 
