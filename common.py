@@ -336,16 +336,6 @@ def train_tokenizer(sft_file, path, vocab_size=2048):
     print(f"trained a {len(ranks) + 1}-token BPE on {sft_file} in {time.time() - t0:.1f}s: {path}")
 
 
-def builtin_task_paths(data_dir="out/data", tokenizer_path="out/tokenizer.tiktoken", vocab_size=2048):
-    """Generate the built-in task and train its tokenizer, if not done yet. Returns (data_dir, tokenizer spec)."""
-    from data.world import ensure_data
-
-    ensure_data(data_dir)
-    if not Path(tokenizer_path).exists():
-        train_tokenizer(Path(data_dir) / "sft_train.jsonl", tokenizer_path, vocab_size)
-    return data_dir, str(Path(tokenizer_path).resolve())  # absolute: checkpoints name it, and may be used elsewhere
-
-
 # ----------------------------------------------------------------------------------------------------------
 # Logging
 
@@ -444,29 +434,41 @@ def sequence_kl(policy, ref, batches, rt, temperature=1.0):
     return kls
 
 
-def win_rate(scores, baseline_scores):
-    """Share of prompts where the policy's sample beats the baseline's, a tie counting half."""
-    wins = sum(1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(scores, baseline_scores))
-    return wins / len(scores)
-
-
-def gold_eval(enc, prompts, batches):
-    """The gold judge on sampled responses: mean score, end-of-text rate, mean length in tokens."""
-    from data.world import gold_score
-
+@torch.no_grad()
+def evaluate_samples(policy, ref, enc, prompt_ids, rt, max_new_tokens, temperature, seed):
+    """
+    One sample of the policy per prompt, as an evaluation sees it: (stats, texts, batches), the stats being the
+    mean sequence KL to the reference and response_stats.
+    """
+    batches = sample(policy, prompt_ids, rt, enc.eot_token, max_new_tokens, temperature, 64, seed)
     texts = decode_responses(enc, batches)
-    scores = [gold_score(p, t) for p, t in zip(prompts, texts)]
-    ended = torch.cat([(m.sum(1) > 0) & (t.gather(1, (m.sum(1, keepdim=True) - 1).clamp(min=0)) == enc.eot_token).squeeze(1)
-                       for _, _, t, m in batches])
-    lengths = torch.cat([m.sum(1) for _, _, _, m in batches]).float()
-    return {"gold": sum(scores) / len(scores), "eot_rate": ended.float().mean().item(),
-            "length": lengths.mean().item()}, scores, texts
+    kl = sequence_kl(policy, ref, batches, rt, temperature)
+    return {"kl": sum(kl) / len(kl), **response_stats(enc, batches, texts)}, texts, batches
 
 
-def print_samples(prompts, texts, scores, n):
-    """The first n responses beside their prompts, with their gold scores where there are any (the built-in task)."""
-    for i, (p, t) in enumerate(list(zip(prompts, texts))[:n]):
-        print(f"--- gold {scores[i]:+.2f}{p}{t}" if scores is not None else f"---{p}{t}")
+def win_rate(scores, baseline_scores):
+    """
+    Share of prompts where the policy's sample scores above the baseline's, a tie counting half, and the half-width
+    of its 95% interval: with one independent sample of each per prompt, the per-prompt outcomes are independent.
+    """
+    outcomes = [1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(scores, baseline_scores)]
+    mean = sum(outcomes) / len(outcomes)
+    var = sum((o - mean) ** 2 for o in outcomes) / max(1, len(outcomes) - 1)
+    return mean, 1.96 * math.sqrt(var / len(outcomes))
+
+
+def response_stats(enc, batches, texts):
+    """End-of-text rate, mean length in tokens, and the share of distinct replies (1/n: one reply to everything)."""
+    ended = torch.cat([(tokens == enc.eot_token).any(1) for _, _, tokens, _ in batches])
+    lengths = torch.cat([mask.sum(1) for _, _, _, mask in batches]).float()
+    return {"eot_rate": ended.float().mean().item(), "length": lengths.mean().item(),
+            "distinct": len(set(texts)) / len(texts)}
+
+
+def print_samples(prompts, texts, notes, n):
+    """The first n responses beside their prompts, each after its note (on the built-in task, the judge's verdict)."""
+    for p, t, note in list(zip(prompts, texts, notes or [""] * len(texts)))[:n]:
+        print(f"--- {note}{p}{t}")
 
 
 def batch_at(n, batch_size, k, seed, lengths=None):

@@ -19,10 +19,11 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from common import (MetricsLog, batch_at, builtin_task_paths, check_finite, decode_responses, encode_prompts,
-                    fit_pair_to_context, frozen, gold_eval, load_policy, lr_at, pad, print_config, print_samples,
-                    read_jsonl, restore_training, run_config, sample, save_checkpoint, sequence_kl, setup_runtime,
-                    token_logprobs, training_state, win_rate)
+from common import (MetricsLog, batch_at, check_finite, decode_responses, encode_prompts, evaluate_samples,
+                    fit_pair_to_context, frozen, load_policy, lr_at, pad, print_config, print_samples, read_jsonl,
+                    restore_training, run_config, sample, save_checkpoint, setup_runtime, token_logprobs,
+                    training_state)
+from data import world
 from tokenizer import load_tokenizer, render
 
 
@@ -149,11 +150,10 @@ def main(argv=None):
     average = cfg.loss_type == "ipo"  # IPO's log-probs are means per response token (see dpo_loss)
     rt = setup_runtime(cfg.device, cfg.dtype, cfg.seed)
 
-    builtin = not cfg.train_file
-    if builtin:
-        data_dir, _ = builtin_task_paths()
+    if not cfg.train_file:
+        data_dir, _ = world.builtin_task()
         train_file, val_file, prompts_file = (f"{data_dir}/prefs_train.jsonl", f"{data_dir}/prefs_val.jsonl",
-                                              f"{data_dir}/eval_prompts.jsonl")
+                                              cfg.eval_prompts or f"{data_dir}/eval_prompts.jsonl")
     else:
         if not (cfg.val_file and cfg.eval_prompts):
             raise SystemExit("with --train_file, also give --val_file and --eval_prompts")
@@ -180,10 +180,12 @@ def main(argv=None):
     # the SFT policy is the reference: its samples are the baseline of the win-rate. The policy's are drawn
     # with another seed: shared random numbers would make the two tie more often than independent samples
     # do, pulling the win-rate toward 1/2.
-    sft_batches = sample(ref, prompt_ids, rt, eot, cfg.max_new_tokens, cfg.temperature, 64, cfg.seed)
-    if builtin:
-        sft_report, sft_scores, _ = gold_eval(enc, prompts, sft_batches)
-        print(f"sft on {len(prompts)} held-out prompts: gold {sft_report['gold']:.3f}")
+    judged = world.judges(prompts)
+    sft_texts = decode_responses(enc, sample(ref, prompt_ids, rt, eot, cfg.max_new_tokens, cfg.temperature, 64,
+                                             cfg.seed))
+    if judged:
+        sft_report, sft_scores, _ = world.gold_report(prompts, sft_texts)
+        print(f"sft on {len(prompts)} prompts of {prompts_file}: gold {sft_report['gold']:.3f}")
     step = resumed["step"] if resumed else 0
     if not cfg.recompute_ref:
         # only the pairs this run will visit: a run shorter than an epoch would pay for the rest in vain
@@ -215,18 +217,16 @@ def main(argv=None):
         c, r = all_pair_logps(policy, val, eot, rt, 2 * cfg.batch_size, average)
         losses, chosen_rewards, rejected_rewards = dpo_loss(c, r, *ref_val, cfg.beta, cfg.loss_type,
                                                             cfg.label_smoothing)
-        batches = sample(policy, prompt_ids, rt, eot, cfg.max_new_tokens, cfg.temperature, 64, cfg.seed + 1)
         reference = ref if cfg.recompute_ref else frozen(load_policy(cfg.sft_ckpt, "--sft_ckpt")[0]).to(rt.device)
-        kl = sequence_kl(policy, reference, batches, rt, cfg.temperature)
+        stats, texts, _ = evaluate_samples(policy, reference, enc, prompt_ids, rt, cfg.max_new_tokens,
+                                           cfg.temperature, cfg.seed + 1)
         report = {"loss": losses.mean().item(),
-                  "rewards/accuracies": (chosen_rewards > rejected_rewards).float().mean().item(),
-                  "kl": sum(kl) / len(kl)}
-        if builtin:
-            gold, scores, texts = gold_eval(enc, prompts, batches)
-            report.update(gold, win_rate=win_rate(scores, sft_scores))
-        else:
-            texts, scores = decode_responses(enc, batches), None
-        return report, texts, scores
+                  "rewards/accuracies": (chosen_rewards > rejected_rewards).float().mean().item(), **stats}
+        notes = None
+        if judged:
+            gold, _, notes = world.gold_report(prompts, texts, sft_scores)
+            report.update(gold)
+        return report, texts, notes
 
     bar = tqdm(range(step, cfg.max_steps), initial=step, total=cfg.max_steps, desc="dpo", dynamic_ncols=True)
     for step in bar:
@@ -273,17 +273,15 @@ def main(argv=None):
                         logp_r=f"{metrics['logps/rejected']:.1f}")
     bar.close()
 
-    summary, texts, scores = evaluate()
-    if builtin:
+    summary, texts, notes = evaluate()
+    print_samples(prompts, texts, notes, 5)
+    print(f"dpo on {len(prompts)} prompts of {prompts_file}: sequence KL to sft {summary['kl']:.2f} nats, "
+          f"held-out implicit-reward accuracy {summary['rewards/accuracies']:.1%}, {summary['distinct']:.1%} distinct")
+    if judged:
         summary["sft_gold"] = sft_report["gold"]
-        print_samples(prompts, texts, scores, 5)
-        print(f"dpo on {len(prompts)} held-out prompts: gold {summary['gold']:.3f} (sft {summary['sft_gold']:.3f}), "
-              f"win-rate against sft {summary['win_rate']:.1%}, sequence KL to sft {summary['kl']:.2f} nats; "
-              f"held-out implicit-reward accuracy {summary['rewards/accuracies']:.1%}")
-    else:
-        print_samples(prompts, texts, None, 5)
-        print(f"dpo: sequence KL to sft {summary['kl']:.2f} nats, held-out implicit-reward accuracy "
-              f"{summary['rewards/accuracies']:.1%}")
+        print(f"gold {summary['gold']:.3f} (sft {summary['sft_gold']:.3f}), win-rate against sft "
+              f"{summary['win_rate']:.1%} ± {summary['win_rate_ci']:.1%}")
+        print(world.report_table(summary))
     log.log(cfg.max_steps, **{f"final/{k}": v for k, v in summary.items()})
     checkpoint(cfg.max_steps, summary=summary)
     print(f"saved {ckpt_path}")

@@ -12,19 +12,18 @@ mean 0 and standard deviation 1. With no arguments it trains on the built-in tas
     python reward.py --train_file pairs.jsonl --val_file pairs_val.jsonl --prompts_file prompts.jsonl
 """
 
-import json
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from common import (MetricsLog, batch_at, builtin_task_paths, check_finite, encode_prompts, fit_pair_to_context,
-                    load_checkpoint, load_policy, lr_at, pad, print_config, read_jsonl, restore_training, run_config,
-                    sample, save_checkpoint, setup_runtime, training_state)
+from common import (MetricsLog, batch_at, check_finite, encode_prompts, fit_pair_to_context, load_checkpoint,
+                    load_policy, lr_at, pad, print_config, read_jsonl, restore_training, run_config, sample,
+                    save_checkpoint, setup_runtime, training_state)
+from data import world
 from model import GPT, GPTConfig, ScalarHead
 from tokenizer import EOT, load_tokenizer, render
 
@@ -183,9 +182,8 @@ def main(argv=None):
     print_config(cfg)
     rt = setup_runtime(cfg.device, cfg.dtype, cfg.seed)
 
-    builtin = not cfg.train_file
-    if builtin:
-        data_dir, _ = builtin_task_paths()
+    if not cfg.train_file:
+        data_dir, _ = world.builtin_task()
         train_file, val_file = f"{data_dir}/prefs_train.jsonl", f"{data_dir}/prefs_val.jsonl"
         prompts_file = f"{data_dir}/prompts_train.jsonl"
     else:
@@ -207,13 +205,11 @@ def main(argv=None):
     _, train = load_pairs(train_file, enc, max_len)
     val_records, val = load_pairs(val_file, enc, max_len)
     gold, ceiling = None, None
-    if builtin:
-        from data.world import gold_score
-
+    if world.judges([v["prompt"] for v in val_records]):
         # the gold judge reads raw decoded text, where a finished response ends in end-of-text
-        gold = torch.tensor([gold_score(v["prompt"], v["chosen"] + EOT) - gold_score(v["prompt"], v["rejected"] + EOT)
-                             for v in val_records]).sign()
-        ceiling = json.loads((Path(data_dir) / "meta.json").read_text())["agreement"]["prefs_val"]
+        gold = torch.tensor([world.gold_score(v["prompt"], v["chosen"] + EOT) -
+                             world.gold_score(v["prompt"], v["rejected"] + EOT) for v in val_records]).sign()
+        ceiling = torch.where(gold == 0, 0.5, (gold > 0).float()).mean().item()
         print(f"raters' ceiling: the held-out labels agree with the gold judge on {ceiling:.1%} of pairs")
 
     optimizer = rm.gpt.configure_optimizers(cfg.weight_decay, cfg.lr, (0.9, 0.95), rt.device.type,
@@ -271,7 +267,7 @@ def main(argv=None):
           f"ended with end-of-text" + ("" if ended.sum() >= 2 else " (too few: over all of them)"))
     print(f"held-out pairs: accuracy {summary['val_accuracy']:.1%}, loss {summary['val_loss']:.3f}, "
           f"margin {summary['val_margin']:.3f}, rewards {summary['val_reward_mean']:+.3f} ± {summary['val_reward_std']:.3f}")
-    if builtin:
+    if gold is not None:
         summary["raters_ceiling"] = ceiling
         print(f"agreement with the gold judge {summary['val_gold_agreement']:.1%}; the raters' own: {ceiling:.1%}")
     log.log(cfg.max_steps, **{f"final/{k}": v for k, v in summary.items()})

@@ -22,10 +22,11 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-from common import (MetricsLog, batch_at, builtin_task_paths, check_finite, decode_responses, encode_prompts,
-                    fit_to_context, gold_eval, load_policy, lr_at, pad, pretrained_dir, print_config, print_samples,
-                    read_jsonl, restore_training, run_config, sample, save_checkpoint, setup_runtime, train_tokenizer,
+from common import (MetricsLog, batch_at, check_finite, decode_responses, encode_prompts, fit_to_context, load_policy,
+                    lr_at, pad, pretrained_dir, print_config, print_samples, read_jsonl, response_stats,
+                    restore_training, run_config, sample, save_checkpoint, setup_runtime, train_tokenizer,
                     training_state)
+from data import world
 from model import GPT, GPTConfig
 from tokenizer import load_tokenizer, render
 
@@ -34,7 +35,7 @@ from tokenizer import load_tokenizer, render
 class Config:
     train_file: str = ""  # JSONL of {prompt, response}; empty: the built-in task
     val_file: str = ""  # held-out JSONL of {prompt, response}; empty: the built-in task's
-    eval_prompts: str = ""  # JSONL of {prompt} to sample from at the end; empty: the built-in task's held-out prompts
+    eval_prompts: str = ""  # JSONL of {prompt} to sample from at the end; empty: the built-in task's held-out prompts (tune on out/data/val_prompts.jsonl)
     init_from: str = "scratch"  # scratch, a GPT-2 name or Hugging Face directory (gpt2, gpt2-medium, ...), or a .pt checkpoint of ours
     tokenizer: str = ""  # gpt2 or a BPE file; empty: from scratch, a BPE of the training data; else the initial model's
     out_dir: str = "out/sft"  # where ckpt.pt and metrics.jsonl go
@@ -118,8 +119,9 @@ def main(argv=None):
 
     builtin = not cfg.train_file
     if builtin:
-        data_dir, builtin_tokenizer = builtin_task_paths()
-        files = (f"{data_dir}/sft_train.jsonl", f"{data_dir}/sft_val.jsonl", f"{data_dir}/eval_prompts.jsonl")
+        data_dir, builtin_tokenizer = world.builtin_task()
+        files = (f"{data_dir}/sft_train.jsonl", f"{data_dir}/sft_val.jsonl",
+                 cfg.eval_prompts or f"{data_dir}/eval_prompts.jsonl")
     elif not (cfg.val_file and cfg.eval_prompts):
         raise SystemExit("with --train_file, also give --val_file and --eval_prompts")
     else:
@@ -230,15 +232,17 @@ def main(argv=None):
     prompts = [r["prompt"] for r in read_jsonl(prompts_file, ("prompt",))][:cfg.n_eval]
     batches = sample(model, encode_prompts(enc, prompts, max_len - cfg.max_new_tokens), rt, enc.eot_token,
                      cfg.max_new_tokens, cfg.temperature, 64, cfg.seed)
-    summary = {"val_loss": val_loss(model, val, cfg, rt, enc.eot_token)}
-    if builtin:
-        report, scores, texts = gold_eval(enc, prompts, batches)
+    texts = decode_responses(enc, batches)
+    summary = {"val_loss": val_loss(model, val, cfg, rt, enc.eot_token), **response_stats(enc, batches, texts)}
+    notes = None
+    if world.judges(prompts):
+        report, _, notes = world.gold_report(prompts, texts)
         summary.update(report)
-        print_samples(prompts, texts, scores, 5)
-        print(f"sft on {len(prompts)} held-out prompts: gold {report['gold']:.3f}, ended with end-of-text "
-              f"{report['eot_rate']:.1%}, mean length {report['length']:.1f} tokens")
-    else:
-        print_samples(prompts, decode_responses(enc, batches), None, 5)
+    print_samples(prompts, texts, notes, 5)
+    print(f"sft on {len(prompts)} prompts of {prompts_file}: ended with end-of-text {summary['eot_rate']:.1%}, "
+          f"mean length {summary['length']:.1f} tokens, {summary['distinct']:.1%} distinct")
+    if notes:
+        print(world.report_table(summary))
     log.log(cfg.max_steps, **{f"final/{k}": v for k, v in summary.items()})
     checkpoint(cfg.max_steps, summary=summary)
     print(f"saved {ckpt_path}")
