@@ -47,7 +47,6 @@ class Config:
     max_new_tokens: int = 64  # response length limit; a response that hits it never ended
     missing_eot_penalty: float = -1.0  # the score of a response that never emits end-of-text (replaces the reward model's)
     kl_coef: float = 0.1  # beta, the per-token KL penalty's weight (start value if adaptive); lower lets the policy exploit the reward model more
-    kl_estimator: str = "k1"  # k1 = log pi - log pi_ref (unbiased), or k3 = (r - 1) - log r, r = pi_ref/pi (never negative)
     adaptive_kl: bool = False  # adapt beta to keep the KL near kl_target (Ziegler et al. 2019)
     kl_target: float = 6.0  # adaptive beta: the sequence KL to aim for, in nats
     kl_horizon: int = 10000  # adaptive beta: episodes over which beta moves by at most ~20%
@@ -116,18 +115,18 @@ def masked_whiten(values, mask, shift_mean=True):
     return whitened * mask
 
 
-def kl_penalty(logprobs, ref_logprobs, estimator="k1"):
+def kl_estimates(logprobs, ref_logprobs):
     """
-    Per-token estimate of KL(pi || pi_ref) from tokens sampled from pi (Schulman, "Approximating KL divergence").
-    k1 = log pi - log pi_ref: unbiased, but a single token's can be negative. k3 = (r - 1) - log r with
-    r = pi_ref / pi: also unbiased, never negative, lower variance when the two are close.
+    Two per-token estimates of KL(pi || pi_ref) from tokens x sampled from pi (Schulman, "Approximating KL
+    divergence"), both with the KL as their expected value. Returns (k1, k3):
+        k1 = log pi(x) - log pi_ref(x)                  the penalty paid in the reward
+        k3 = (r - 1) - log r,  r = pi_ref(x) / pi(x)    never negative, less noisy while pi is near pi_ref: logged
+    Only k1 may be paid as a reward. The policy gradient of a reward f(x) is sum_x grad pi(x) f(x); for k1 that
+    is exactly grad KL(pi || pi_ref), for k3 it is grad KL(pi || pi_ref) - grad KL(pi_ref || pi), which points
+    almost anywhere (tests/test_ppo.py checks both by enumeration).
     """
-    log_ratio = logprobs - ref_logprobs
-    if estimator == "k1":
-        return log_ratio
-    if estimator == "k3":
-        return torch.expm1(-log_ratio) + log_ratio
-    raise ValueError(f"kl_estimator must be k1 or k3, not {estimator!r}")
+    k1 = logprobs - ref_logprobs
+    return k1, torch.expm1(-k1) + k1
 
 
 def token_rewards(scores, kl, mask, beta):
@@ -220,14 +219,15 @@ def rollout(agent, ref, reward_model, prompt_ids, beta, cfg, rt, eot_id, generat
         scores = score_responses(reward_model, prompt, prompt_mask, tokens, mask, eot_id, cfg.missing_eot_penalty)
     logprobs = token_logprobs(logits, tokens, cfg.temperature) * mask
     values = values * mask
-    kl = kl_penalty(logprobs, ref_logprobs, cfg.kl_estimator) * mask
+    kl, kl_k3 = (k * mask for k in kl_estimates(logprobs, ref_logprobs))
     rewards = token_rewards(scores, kl, mask, beta)
     advantages, returns = compute_gae(rewards, values, mask, cfg.gamma, cfg.lam)
 
     logp = F.log_softmax(logits.float() / cfg.temperature, dim=-1)
     entropy = -(logp.exp() * logp).sum(-1) * mask
     ended = (tokens == eot_id).any(1)
-    stats = {"objective/kl": kl.sum(1).mean(), "objective/entropy": entropy.sum(1).mean(),
+    stats = {"objective/kl": kl.sum(1).mean(), "objective/kl_k3": kl_k3.sum(1).mean(),
+             "objective/entropy": entropy.sum(1).mean(),
              "objective/scores": scores.mean(), "objective/rlhf_reward": rewards.sum(1).mean(),
              "val/explained_variance": explained_variance(values, returns, mask),
              "response/length": mask.sum(1).float().mean(), "response/eot_rate": ended.float().mean()}
@@ -294,8 +294,6 @@ def main(argv=None):
     cfg, _ = parse_config(Config, argv)
     print("ppo config:")
     print_config(cfg)
-    if cfg.kl_estimator not in ("k1", "k3"):
-        raise SystemExit(f"--kl_estimator must be k1 or k3, not {cfg.kl_estimator!r}")
     rt = setup_runtime(cfg.device, cfg.dtype, cfg.seed)
     ckpt_path = Path(cfg.out_dir) / "ckpt.pt"
 

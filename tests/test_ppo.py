@@ -98,17 +98,41 @@ def test_adaptive_kl_controller():
     assert ctl.value == pytest.approx(0.15)
 
 
-def test_kl_estimators():
+def test_kl_estimates():
     logp = torch.tensor([-1.0, -2.0, -0.5])
     ref = torch.tensor([-1.5, -1.0, -0.5])
-    k1 = ppo.kl_penalty(logp, ref, "k1")
-    k3 = ppo.kl_penalty(logp, ref, "k3")
+    k1, k3 = ppo.kl_estimates(logp, ref)
     torch.testing.assert_close(k1, logp - ref)
     r = (ref - logp).exp()
     torch.testing.assert_close(k3, (r - 1) - r.log())
     assert (k3 >= 0).all() and k1[1] < 0 and k3[2] == 0
-    with pytest.raises(ValueError, match="k1 or k3"):
-        ppo.kl_penalty(logp, ref, "k2")
+
+
+def test_only_k1_paid_as_a_reward_pulls_toward_the_reference():
+    """
+    By enumeration over random categorical distributions: both estimates average to KL(pi || ref), but the policy
+    gradient of a reward f, sum_x grad pi(x) f(x), is grad KL(pi || ref) only for f = k1. For k3 it is
+    grad KL(pi || ref) - grad KL(ref || pi), and a step that lowers k3-as-a-penalty raises the KL a third of the time.
+    """
+    torch.manual_seed(0)
+    raised = 0
+    for _ in range(200):
+        theta = torch.randn(8, requires_grad=True)
+        logp, ref = theta.log_softmax(0), torch.randn(8).log_softmax(0)
+        p = logp.exp()
+        kl = (p * (logp - ref)).sum()
+        grad_kl, = torch.autograd.grad(kl, theta, retain_graph=True)
+        grad_reverse_kl, = torch.autograd.grad((ref.exp() * (ref - logp)).sum(), theta, retain_graph=True)
+        k1, k3 = ppo.kl_estimates(logp, ref)
+        torch.testing.assert_close((p * k1).sum(), kl)
+        torch.testing.assert_close((p * k3).sum(), kl)
+        # the estimate is paid as a reward: no gradient flows through it, only through the sampling probabilities
+        pg_k1, = torch.autograd.grad((p * k1.detach()).sum(), theta, retain_graph=True)
+        pg_k3, = torch.autograd.grad((p * k3.detach()).sum(), theta)
+        torch.testing.assert_close(pg_k1, grad_kl)
+        torch.testing.assert_close(pg_k3, grad_kl - grad_reverse_kl)
+        raised += (pg_k3 @ grad_kl < 0).item()  # descending pg_k3 then climbs the KL
+    assert 50 < raised < 100
 
 
 def test_score_lands_on_the_last_real_token():
@@ -158,7 +182,7 @@ def test_rollout_masks_everything_after_end_of_text():
     # recompute the rewards as the rollout did, and check where things land
     logits, _ = agent(batch["prompt"], batch["prompt_mask"], batch["tokens"], mask)
     ref_logprobs = common.response_logprobs(ref, batch["prompt"], batch["prompt_mask"], batch["tokens"], mask)
-    kl = ppo.kl_penalty(batch["logprobs"], ref_logprobs) * mask
+    kl, kl_k3 = (k * mask for k in ppo.kl_estimates(batch["logprobs"], ref_logprobs))
     assert (kl[pad] == 0).all() and (kl[mask.bool()] != 0).all()
     scores = ppo.score_responses(fake_reward_model, batch["prompt"], batch["prompt_mask"], batch["tokens"], mask, EOT,
                                  cfg.missing_eot_penalty)
@@ -172,6 +196,8 @@ def test_rollout_masks_everything_after_end_of_text():
     torch.testing.assert_close(rewards[before], -0.1 * kl[before])
     torch.testing.assert_close(torch.tensor(stats["objective/rlhf_reward"]), rewards.sum(1).mean())
     torch.testing.assert_close(torch.tensor(stats["objective/kl"]), kl.sum(1).mean())
+    # k3 is logged beside k1, never paid
+    torch.testing.assert_close(torch.tensor(stats["objective/kl_k3"]), kl_k3.sum(1).mean())
 
 
 def test_first_minibatch_ratio_is_exactly_one(monkeypatch):
@@ -194,10 +220,13 @@ def test_first_minibatch_ratio_is_exactly_one(monkeypatch):
     assert stats[-1]["policy/approxkl"] > 0  # the later steps do see a policy that has moved
 
 
-def test_command_line_from_dataclass():
-    cfg, given = parse_config(ppo.Config, ["--kl_estimator", "k3", "--adaptive_kl", "--iterations", "3"])
-    assert (cfg.kl_estimator, cfg.adaptive_kl, cfg.iterations) == ("k3", True, 3)
-    assert given == {"kl_estimator", "adaptive_kl", "iterations"}
+def test_command_line_from_dataclass(capsys):
+    cfg, given = parse_config(ppo.Config, ["--kl_coef", "0.05", "--adaptive_kl", "--iterations", "3"])
+    assert (cfg.kl_coef, cfg.adaptive_kl, cfg.iterations) == (0.05, True, 3)
+    assert given == {"kl_coef", "adaptive_kl", "iterations"}
+    with pytest.raises(SystemExit):  # k3 is only logged (objective/kl_k3), never paid: see kl_estimates
+        parse_config(ppo.Config, ["--kl_estimator", "k3"])
+    assert "unrecognized arguments: --kl_estimator" in capsys.readouterr().err
 
 
 def test_smoke_through_the_command_line(tmp_path):
@@ -225,5 +254,5 @@ def test_smoke_through_the_command_line(tmp_path):
     lines = [json.loads(l) for l in (tmp_path / "ppo" / "metrics.jsonl").read_text().splitlines()]
     names = {"objective/kl", "objective/entropy", "objective/scores", "objective/rlhf_reward", "policy/approxkl",
              "policy/clipfrac", "val/clipfrac", "val/explained_variance", "loss/policy", "loss/value",
-             "response/length", "response/eot_rate", "objective/beta", "eval/gold", "eval/win_rate", "eval/kl"}
+             "response/length", "response/eot_rate", "objective/beta", "objective/kl_k3", "eval/gold", "eval/win_rate", "eval/kl"}
     assert names <= set(lines[1])
