@@ -45,7 +45,7 @@ class Config:
     grad_clip: float = 1.0  # clip the gradient norm to this
     temperature: float = 1.0  # sampling temperature; every log-prob is of softmax(logits / temperature)
     max_new_tokens: int = 64  # response length limit; a response that hits it never ended
-    missing_eot_penalty: float = -1.0  # the score of a response that never emits end-of-text (replaces the reward model's)
+    missing_eot_penalty: float = -1.0  # added to the score of a response that never ended (-1: one std of SFT samples' rewards)
     kl_coef: float = 0.1  # beta, the per-token KL penalty's weight (start value if adaptive); lower lets the policy exploit the reward model more
     adaptive_kl: bool = False  # adapt beta to keep the KL near kl_target (Ziegler et al. 2019)
     kl_target: float = 6.0  # adaptive beta: the sequence KL to aim for, in nats
@@ -193,10 +193,14 @@ def explained_variance(values, returns, mask):
 
 @torch.no_grad()
 def score_responses(reward_model, prompt, prompt_mask, tokens, mask, eot_id, missing_eot_penalty):
-    """The reward model's score, read at each response's end-of-text; a response that never ended gets the penalty."""
+    """
+    The reward model's score, read at each response's end-of-text. A response that never ended also pays the penalty,
+    on top of its score rather than instead of it: a replacement would let a bad reply escape its low score by
+    running to the length limit.
+    """
     scores = reward_model(torch.cat([prompt, tokens], 1), torch.cat([prompt_mask, mask], 1)).float()
     ended = (tokens == eot_id).any(1)
-    return torch.where(ended, scores, missing_eot_penalty)
+    return scores + torch.where(ended, 0.0, missing_eot_penalty)
 
 
 @torch.no_grad()

@@ -165,6 +165,15 @@ def fake_reward_model(ids, mask):
     return mask.sum(1).float() / 10  # a score that tells rows apart
 
 
+def test_a_reply_that_never_ended_scores_below_the_same_reply_ended():
+    bad = lambda ids, mask: torch.full((ids.size(0),), -4.0)  # the reward model hates this reply, ended or not
+    prompt, prompt_mask = torch.tensor([[1, 2]]), torch.ones(1, 2, dtype=torch.long)
+    reply = torch.tensor([[3, 3, 3, EOT], [3, 3, 3, 3]])  # ended; cut at the length limit
+    mask = torch.ones(2, 4, dtype=torch.long)
+    scores = ppo.score_responses(bad, prompt.expand(2, -1), prompt_mask.expand(2, -1), reply, mask, EOT, -1.0)
+    torch.testing.assert_close(scores, torch.tensor([-4.0, -5.0]))  # the penalty adds to the score, not replaces it
+
+
 def test_rollout_masks_everything_after_end_of_text():
     agent, ref, cfg, prompts = tiny_setup()
     # move the policy away from the reference so that the KL is not zero
@@ -187,7 +196,7 @@ def test_rollout_masks_everything_after_end_of_text():
     scores = ppo.score_responses(fake_reward_model, batch["prompt"], batch["prompt_mask"], batch["tokens"], mask, EOT,
                                  cfg.missing_eot_penalty)
     rm = fake_reward_model(torch.cat([batch["prompt"], batch["tokens"]], 1), torch.cat([batch["prompt_mask"], mask], 1))
-    torch.testing.assert_close(scores, torch.where(ended, rm, -7.0))
+    torch.testing.assert_close(scores, rm + torch.where(ended, 0.0, -7.0))
     rewards = ppo.token_rewards(scores, kl, mask, 0.1)
     assert (rewards[pad] == 0).all()
     rows = torch.arange(8)
