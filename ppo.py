@@ -46,6 +46,7 @@ class Config:
     temperature: float = 1.0  # sampling temperature; every log-prob is of softmax(logits / temperature)
     max_new_tokens: int = 64  # response length limit; a response that hits it never ended
     missing_eot_penalty: float = -1.0  # added to the score of a response that never ended (-1: one std of SFT samples' rewards)
+    whiten_rewards: bool = False  # rescale each rollout's scores to std 1 (mean kept) before they enter the rewards
     kl_coef: float = 0.1  # beta, the per-token KL penalty's weight (start value if adaptive); lower lets the policy exploit the reward model more
     adaptive_kl: bool = False  # adapt beta to keep the KL near kl_target (Ziegler et al. 2019)
     kl_target: float = 6.0  # adaptive beta: the sequence KL to aim for, in nats
@@ -224,7 +225,10 @@ def rollout(agent, ref, reward_model, prompt_ids, beta, cfg, rt, eot_id, generat
     logprobs = token_logprobs(logits, tokens, cfg.temperature) * mask
     values = values * mask
     kl, kl_k3 = (k * mask for k in kl_estimates(logprobs, ref_logprobs))
-    rewards = token_rewards(scores, kl, mask, beta)
+    paid = scores
+    if cfg.whiten_rewards:  # rescaled, not centred: the returns still rise as the policy's replies get better
+        paid = masked_whiten(scores, torch.ones_like(scores), shift_mean=False)
+    rewards = token_rewards(paid, kl, mask, beta)
     advantages, returns = compute_gae(rewards, values, mask, cfg.gamma, cfg.lam)
 
     logp = F.log_softmax(logits.float() / cfg.temperature, dim=-1)

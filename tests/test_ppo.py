@@ -209,6 +209,25 @@ def test_rollout_masks_everything_after_end_of_text():
     torch.testing.assert_close(torch.tensor(stats["objective/kl_k3"]), kl_k3.sum(1).mean())
 
 
+def test_whiten_rewards_rescales_the_scores_and_keeps_their_mean():
+    agent, ref, cfg, prompts = tiny_setup()
+    cfg.whiten_rewards = True
+    rt = setup_runtime("cpu", seed=0)
+    batch, stats = ppo.rollout(agent, ref, fake_reward_model, prompts, 0.0, cfg, rt, EOT, torch.Generator().manual_seed(1))
+    mask = batch["mask"]
+    scores = ppo.score_responses(fake_reward_model, batch["prompt"], batch["prompt_mask"], batch["tokens"], mask, EOT,
+                                 cfg.missing_eot_penalty)
+    assert scores.std(unbiased=False) < 0.5  # far from 1, so that the rescaling shows
+    paid = (scores - scores.mean()) / scores.std(unbiased=False) + scores.mean()
+    # beta = 0: the rewards are the paid scores alone, on each response's last token
+    rewards = torch.zeros_like(batch["values"])
+    rewards[torch.arange(8), mask.sum(1) - 1] = paid
+    _, returns = ppo.compute_gae(rewards, batch["values"], mask, cfg.gamma, cfg.lam)
+    torch.testing.assert_close(batch["returns"], returns)
+    assert stats["objective/scores"] == pytest.approx(scores.mean().item())  # logged in the reward model's units
+    assert stats["objective/rlhf_reward"] == pytest.approx(scores.mean().item(), abs=1e-5)
+
+
 def test_first_minibatch_ratio_is_exactly_one(monkeypatch):
     agent, ref, cfg, prompts = tiny_setup(1)
     rt = setup_runtime("cpu", seed=0)
