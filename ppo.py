@@ -46,7 +46,7 @@ class Config:
     temperature: float = 1.0  # sampling temperature; every log-prob is of softmax(logits / temperature)
     max_new_tokens: int = 64  # response length limit; a response that hits it never ended
     missing_eot_penalty: float = -1.0  # added to the score of a response that never ended (-1: one std of SFT samples' rewards)
-    whiten_rewards: bool = False  # rescale each rollout's scores to std 1 (mean kept) before they enter the rewards
+    whiten_rewards: bool = False  # rescale each rollout's scores to std 1, keeping their mean
     kl_coef: float = 0.1  # beta, the per-token KL penalty's weight (start value if adaptive); lower lets the policy exploit the reward model more
     adaptive_kl: bool = False  # adapt beta to keep the KL near kl_target (Ziegler et al. 2019)
     kl_target: float = 6.0  # adaptive beta: the sequence KL to aim for, in nats
@@ -244,6 +244,12 @@ def rollout(agent, ref, reward_model, prompt_ids, beta, cfg, rt, eot_id, generat
     return batch, {k: v.item() for k, v in stats.items()}
 
 
+def grad_norm(params):
+    """The L2 norm of the gradients of params, as clip_grad_norm_ measures it."""
+    norms = [torch.linalg.vector_norm(p.grad) for p in params if p.grad is not None]
+    return torch.linalg.vector_norm(torch.stack(norms))
+
+
 def ppo_update(agent, optimizer, batch, cfg, rt):
     """ppo_epochs passes over the rollout batch in shuffled minibatches, a clipped gradient step on each. Returns per-step stats."""
     stats = []
@@ -259,7 +265,9 @@ def ppo_update(agent, optimizer, batch, cfg, rt):
             loss = pg_loss + cfg.vf_coef * vf_loss
             rt.scaler.scale(loss).backward()
             rt.scaler.unscale_(optimizer)
-            grad_norm = torch.nn.utils.clip_grad_norm_(agent.parameters(), cfg.grad_clip)
+            # one clip budget for both: the norms apart tell which of the two losses spends it
+            policy_norm, value_norm = grad_norm(agent.gpt.parameters()), grad_norm(agent.value_head.parameters())
+            total_norm = torch.nn.utils.clip_grad_norm_(agent.parameters(), cfg.grad_clip)
             rt.scaler.step(optimizer)
             rt.scaler.update()
             optimizer.zero_grad(set_to_none=True)
@@ -268,7 +276,8 @@ def ppo_update(agent, optimizer, batch, cfg, rt):
                 approxkl = 0.5 * masked_mean((logprobs - mb["logprobs"]) ** 2, mask)
             stats.append({"loss/policy": pg_loss.item(), "loss/value": vf_loss.item(), "policy/approxkl": approxkl.item(),
                           "policy/clipfrac": pg_clipfrac.item(), "val/clipfrac": vf_clipfrac.item(),
-                          "grad_norm": grad_norm.item()})
+                          "grad_norm": total_norm.item(), "grad_norm/policy": policy_norm.item(),
+                          "grad_norm/value": value_norm.item()})
     return stats
 
 

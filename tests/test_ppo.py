@@ -248,6 +248,19 @@ def test_first_minibatch_ratio_is_exactly_one(monkeypatch):
     assert stats[-1]["policy/approxkl"] > 0  # the later steps do see a policy that has moved
 
 
+def test_policy_and_value_gradient_norms_are_logged_apart():
+    agent, ref, cfg, prompts = tiny_setup()
+    rt = setup_runtime("cpu", seed=0)
+    batch, _ = ppo.rollout(agent, ref, fake_reward_model, prompts, 0.1, cfg, rt, EOT, torch.Generator().manual_seed(0))
+    optimizer = torch.optim.Adam(agent.parameters(), lr=cfg.lr)
+    for s in ppo.ppo_update(agent, optimizer, batch, cfg, rt):
+        assert s["grad_norm/policy"] > 0 and s["grad_norm/value"] > 0
+        assert s["grad_norm"] ** 2 == pytest.approx(s["grad_norm/policy"] ** 2 + s["grad_norm/value"] ** 2)
+    cfg.vf_coef = 0.0  # no value loss: the value head gets no gradient, the policy all of the norm
+    for s in ppo.ppo_update(agent, optimizer, batch, cfg, rt):
+        assert s["grad_norm/value"] == 0 and s["grad_norm/policy"] == pytest.approx(s["grad_norm"])
+
+
 def test_command_line_from_dataclass(capsys):
     cfg, given = parse_config(ppo.Config, ["--kl_coef", "0.05", "--adaptive_kl", "--iterations", "3"])
     assert (cfg.kl_coef, cfg.adaptive_kl, cfg.iterations) == (0.05, True, 3)
@@ -282,5 +295,6 @@ def test_smoke_through_the_command_line(tmp_path):
     lines = [json.loads(l) for l in (tmp_path / "ppo" / "metrics.jsonl").read_text().splitlines()]
     names = {"objective/kl", "objective/entropy", "objective/scores", "objective/rlhf_reward", "policy/approxkl",
              "policy/clipfrac", "val/clipfrac", "val/explained_variance", "loss/policy", "loss/value",
-             "response/length", "response/eot_rate", "objective/beta", "objective/kl_k3", "eval/gold", "eval/win_rate", "eval/kl"}
+             "response/length", "response/eot_rate", "objective/beta", "objective/kl_k3",
+             "grad_norm", "grad_norm/policy", "grad_norm/value", "eval/gold", "eval/win_rate", "eval/kl"}
     assert names <= set(lines[1])
