@@ -354,9 +354,10 @@ def main(argv=None):
     log.log(0, **{f"eval/sft_{k}": v for k, v in sft_report.items()})
 
     def checkpoint(step, summary):
-        save_checkpoint(ckpt_path, {"model": agent.gpt.state_dict(), "value_head": agent.value_head.state_dict(),
-                                    "model_config": asdict(agent.gpt.config), "tokenizer": tokenizer_spec,
-                                    "config": asdict(cfg), "step": step, "summary": summary})
+        # a policy with its value head: later stages load it as a policy (common.load_policy)
+        save_checkpoint(ckpt_path, {"kind": "ppo_policy", "model": agent.gpt.state_dict(),
+                                    "value_head": agent.value_head.state_dict(), "model_config": asdict(agent.gpt.config),
+                                    "tokenizer": tokenizer_spec, "config": asdict(cfg), "step": step, "summary": summary})
 
     bar = tqdm(range(cfg.iterations), desc="ppo", dynamic_ncols=True)
     t0 = time.time()

@@ -288,7 +288,7 @@ def test_smoke_through_the_command_line(tmp_path):
                  "--max_new_tokens", "8", "--n_eval", "4", "--eval_interval", "1", "--adaptive_kl")
     assert "gold win-rate against sft" in stdout
     ckpt = common.load_checkpoint(tmp_path / "ppo" / "ckpt.pt")
-    assert ckpt["step"] == 2 and ckpt["config"]["iterations"] == 2
+    assert ckpt["step"] == 2 and ckpt["config"]["iterations"] == 2 and ckpt["kind"] == "ppo_policy"
     assert set(ckpt["summary"]) >= {"gold", "win_rate", "kl", "score", "sft_gold"}
     common.load_policy(tmp_path / "ppo" / "ckpt.pt")  # later stages load it like an SFT checkpoint
     assert set(ckpt["value_head"]) == {"proj.weight", "proj.bias"}
