@@ -14,7 +14,6 @@ lm-human-preferences and "The N+ Implementation Details of RLHF with PPO" (Huang
 
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -22,8 +21,9 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from common import (MetricsLog, batch_at, builtin_task_paths, check_finite, decode_responses, encode_prompts, frozen,
-                    gold_eval, load_policy, lr_at, pad, parse_config, print_config, print_samples, read_jsonl,
-                    response_logprobs, sample, save_checkpoint, sequence_kl, setup_runtime, token_logprobs, win_rate)
+                    gold_eval, load_policy, lr_at, pad, print_config, print_samples, read_jsonl, response_logprobs,
+                    restore_training, run_config, sample, save_checkpoint, sequence_kl, setup_runtime, token_logprobs,
+                    training_state, win_rate)
 from model import ScalarHead, response_mask
 from reward import load_reward_model
 from tokenizer import load_tokenizer
@@ -57,10 +57,12 @@ class Config:
     cliprange_value: float = 0.2  # clip the new values to the old values +- this
     vf_coef: float = 0.1  # weight of the value loss against the policy loss (they share a trunk)
     eval_interval: int = 30  # evaluate on the held-out prompts every this many iterations (and at the end)
+    ckpt_interval: int = 10  # checkpoint every this many iterations (and at the end)
     n_eval: int = 256  # held-out prompts per evaluation
     device: str = "auto"  # auto, cpu, cuda, cuda:N
     dtype: str = "auto"  # auto (bf16 or fp16 on CUDA, fp32 on CPU), float32, bfloat16, float16
     seed: int = 0  # seed of the value head, prompt order and sampling
+    resume: bool = False  # continue the run in out_dir from its checkpoint
 
 
 class PolicyWithValue(nn.Module):
@@ -308,11 +310,10 @@ def evaluate(policy, ref, reward_model, enc, prompts, prompt_ids, cfg, rt, built
 
 
 def main(argv=None):
-    cfg, _ = parse_config(Config, argv)
+    cfg, ckpt_path, resumed = run_config(Config, argv)
     print("ppo config:")
     print_config(cfg)
     rt = setup_runtime(cfg.device, cfg.dtype, cfg.seed)
-    ckpt_path = Path(cfg.out_dir) / "ckpt.pt"
 
     builtin = not cfg.prompts_file
     if builtin:
@@ -343,23 +344,36 @@ def main(argv=None):
 
     # Adam's eps 1e-5 rather than 1e-8, as in lm-human-preferences: steadier steps on tiny second moments
     optimizer = torch.optim.Adam(agent.parameters(), lr=cfg.lr, eps=1e-5)
-    kl_ctl = AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon) if cfg.adaptive_kl else None
-    beta = cfg.kl_coef
-    log = MetricsLog(cfg.out_dir)
     generator = torch.Generator(rt.device).manual_seed(cfg.seed)
+    beta, start = cfg.kl_coef, 0
+    if resumed:  # the prompts of each iteration follow from its number (batch_at); the rest is in the checkpoint
+        start = restore_training(resumed, agent.gpt, optimizer, rt.scaler)
+        agent.value_head.load_state_dict(resumed["value_head"])
+        generator.set_state(resumed["generator"])
+        beta = resumed["kl_coef"]
+        if start >= cfg.iterations:
+            raise SystemExit(f"{ckpt_path} has finished all {cfg.iterations} iterations: nothing to resume")
+        print(f"resumed from {ckpt_path} at iteration {start}, beta {beta:.4f}")
+    kl_ctl = AdaptiveKLController(beta, cfg.kl_target, cfg.kl_horizon) if cfg.adaptive_kl else None
+    log = MetricsLog(cfg.out_dir, resume=bool(resumed))
 
     # the SFT policy's samples on the held-out prompts: the baseline of every win-rate
     sft_report, sft_scores, _ = evaluate(ref, ref, reward_model, enc, eval_prompts, eval_ids, cfg, rt, builtin)
     print("sft on the held-out prompts: " + ", ".join(f"{k} {v:.3f}" for k, v in sft_report.items()))
-    log.log(0, **{f"eval/sft_{k}": v for k, v in sft_report.items()})
+    if not resumed:
+        log.log(0, **{f"eval/sft_{k}": v for k, v in sft_report.items()})
 
-    def checkpoint(step, summary):
-        # a policy with its value head: later stages load it as a policy (common.load_policy)
+    def checkpoint(done, **extra):
+        # a policy with its value head, which later stages load as a policy (common.load_policy); and for --resume,
+        # beta and the sampling generator besides what every stage keeps
         save_checkpoint(ckpt_path, {"kind": "ppo_policy", "model": agent.gpt.state_dict(),
-                                    "value_head": agent.value_head.state_dict(), "model_config": asdict(agent.gpt.config),
-                                    "tokenizer": tokenizer_spec, "config": asdict(cfg), "step": step, "summary": summary})
+                                    "value_head": agent.value_head.state_dict(),
+                                    "model_config": asdict(agent.gpt.config), "tokenizer": tokenizer_spec,
+                                    "config": asdict(cfg), "step": done, "kl_coef": beta,
+                                    "generator": generator.get_state(), **training_state(optimizer, rt.scaler),
+                                    **extra})
 
-    bar = tqdm(range(cfg.iterations), desc="ppo", dynamic_ncols=True)
+    bar = tqdm(range(start, cfg.iterations), initial=start, total=cfg.iterations, desc="ppo", dynamic_ncols=True)
     t0 = time.time()
     for it in bar:
         lr = lr_at(it, cfg.iterations, cfg.lr, cfg.warmup_steps)
@@ -371,7 +385,7 @@ def main(argv=None):
         for k in steps[0]:
             metrics[k] = sum(s[k] for s in steps) / len(steps)
         check_finite(metrics["loss/policy"] + metrics["loss/value"], it, ckpt_path)
-        metrics.update({"objective/beta": beta, "lr": lr, "iters_per_s": (it + 1) / (time.time() - t0)})
+        metrics.update({"objective/beta": beta, "lr": lr, "iters_per_s": (it + 1 - start) / (time.time() - t0)})
         if kl_ctl:
             kl_ctl.update(metrics["objective/kl"], cfg.rollout_batch)
             beta = kl_ctl.value
@@ -383,8 +397,6 @@ def main(argv=None):
             metrics.update({f"eval/{k}": v for k, v in report.items()})
             bar.write(f"iteration {done}: " + ", ".join(f"{k} {v:.3f}" for k, v in report.items()))
             print_samples(eval_prompts, texts, scores, 2)
-            if done < cfg.iterations:
-                checkpoint(done, {**report, **{f"sft_{k}": v for k, v in sft_report.items()}})
         log.log(done, **metrics)
         bar.set_postfix(score=f"{metrics['objective/scores']:.2f}", kl=f"{metrics['objective/kl']:.2f}",
                         rlhf_reward=f"{metrics['objective/rlhf_reward']:.2f}",
@@ -392,16 +404,18 @@ def main(argv=None):
                         ev=f"{metrics['val/explained_variance']:.2f}", len=f"{metrics['response/length']:.0f}",
                         eot=f"{metrics['response/eot_rate']:.2f}", beta=f"{metrics['objective/beta']:.3f}",
                         **({"gold": f"{metrics['eval/gold']:.2f}"} if "eval/gold" in metrics else {}))
+        if done % cfg.ckpt_interval == 0 and done < cfg.iterations:
+            checkpoint(done)  # after the log line: a run resumed from here continues metrics.jsonl without a gap
     bar.close()
 
     summary = {**report, **{f"sft_{k}": v for k, v in sft_report.items()}, "iters_per_s": metrics["iters_per_s"]}
     log.log(cfg.iterations, **{f"final/{k}": v for k, v in summary.items()})
-    checkpoint(cfg.iterations, summary)
+    checkpoint(cfg.iterations, summary=summary)
     if builtin:
         print(f"on {len(eval_prompts)} held-out prompts: gold {sft_report['gold']:.3f} (sft) -> {report['gold']:.3f} "
               f"(ppo), gold win-rate against sft {report['win_rate']:.1%}, reward-model score {report['score']:.3f}, "
               f"KL to sft {report['kl']:.2f} nats")
-    print(f"saved {ckpt_path} ({cfg.iterations / (time.time() - t0):.2f} iterations/s)")
+    print(f"saved {ckpt_path} ({(cfg.iterations - start) / (time.time() - t0):.2f} iterations/s)")
     return summary
 
 

@@ -1,6 +1,7 @@
 import json
 import subprocess
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -8,8 +9,10 @@ import torch
 
 import common
 import ppo
-from common import parse_config, setup_runtime
+from common import parse_config, save_checkpoint, setup_runtime
 from model import GPT, GPTConfig
+from reward import RewardModel
+from tokenizer import load_tokenizer, save_bpe, train_bpe
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -268,6 +271,58 @@ def test_command_line_from_dataclass(capsys):
     with pytest.raises(SystemExit):  # k3 is only logged (objective/kl_k3), never paid: see kl_estimates
         parse_config(ppo.Config, ["--kl_estimator", "k3"])
     assert "unrecognized arguments: --kl_estimator" in capsys.readouterr().err
+
+
+@pytest.fixture
+def tiny_stages(tmp_path):
+    """Prompt files, a BPE, and random 'SFT' and reward-model checkpoints in the real formats."""
+    prompts = [f"\n\nHuman: What is {a} plus {b}?\n\nAssistant:" for a in range(6) for b in range(6)]
+    (tmp_path / "prompts.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in prompts[:30]))
+    (tmp_path / "eval.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in prompts[30:]))
+    tok = str(tmp_path / "tok.tiktoken")
+    save_bpe(train_bpe([p + " 3 plus 4 is 7." for p in prompts], 300), tok)
+    torch.manual_seed(0)
+    config = GPTConfig(block_size=48, vocab_size=load_tokenizer(tok).n_vocab, n_layer=1, n_head=2, n_embd=32)
+    save_checkpoint(tmp_path / "sft.pt", {"kind": "policy", "model": GPT(config).state_dict(),
+                                          "model_config": asdict(config), "tokenizer": tok})
+    save_checkpoint(tmp_path / "rm.pt", {"kind": "reward_model", "model": RewardModel(config).state_dict(),
+                                         "model_config": asdict(config), "tokenizer": tok})
+    return tmp_path
+
+
+def tiny_ppo_args(d, out):
+    return ["--sft_ckpt", str(d / "sft.pt"), "--reward_ckpt", str(d / "rm.pt"), "--prompts_file",
+            str(d / "prompts.jsonl"), "--eval_prompts", str(d / "eval.jsonl"), "--out_dir", str(d / out),
+            "--iterations", "4", "--ckpt_interval", "2", "--eval_interval", "4", "--rollout_batch", "4",
+            "--minibatch", "2", "--ppo_epochs", "1", "--warmup_steps", "1", "--max_new_tokens", "6", "--n_eval", "2",
+            "--lr", "1e-2", "--adaptive_kl", "--kl_target", "0.1", "--kl_horizon", "16"]
+
+
+def test_resume_after_interruption_gives_the_same_weights(tiny_stages, monkeypatch):
+    ppo.main(tiny_ppo_args(tiny_stages, "straight"))
+    straight = common.load_checkpoint(tiny_stages / "straight" / "ckpt.pt")
+
+    real_save = ppo.save_checkpoint
+
+    def save_then_crash(path, obj):  # the process dies right after its first checkpoint (iteration 2 of 4)
+        real_save(path, obj)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ppo, "save_checkpoint", save_then_crash)
+    with pytest.raises(KeyboardInterrupt):
+        ppo.main(tiny_ppo_args(tiny_stages, "interrupted"))
+    assert common.load_checkpoint(tiny_stages / "interrupted" / "ckpt.pt")["step"] == 2
+    monkeypatch.setattr(ppo, "save_checkpoint", real_save)
+    ppo.main(["--out_dir", str(tiny_stages / "interrupted"), "--resume"])
+    resumed = common.load_checkpoint(tiny_stages / "interrupted" / "ckpt.pt")
+
+    assert resumed["step"] == straight["step"] == 4
+    assert resumed["kl_coef"] == straight["kl_coef"] != 0.1  # beta moved, and resumed where it was
+    for part in ("model", "value_head"):
+        for k, v in straight[part].items():
+            assert torch.equal(v, resumed[part][k]), (part, k)
+    steps = [json.loads(l)["step"] for l in (tiny_stages / "interrupted" / "metrics.jsonl").read_text().splitlines()]
+    assert steps[:5] == [0, 1, 2, 3, 4]
 
 
 def test_smoke_through_the_command_line(tmp_path):
