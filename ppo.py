@@ -194,6 +194,17 @@ def explained_variance(values, returns, mask):
 # Rollouts and the update
 
 
+def noncanonical_share(enc, tokens, mask):
+    """
+    Share of responses whose tokens are not the tokenizer's own encoding of their text, enc.encode_ordinary(text):
+    the policy may sample such a spelling, which the reward model never read in training (its pairs are encoded
+    from text).
+    """
+    responses = [[t for t, keep in zip(row, m) if keep and t != enc.eot_token]
+                 for row, m in zip(tokens.tolist(), mask.tolist())]
+    return sum(enc.encode_ordinary(enc.decode(r)) != r for r in responses) / len(responses)
+
+
 @torch.no_grad()
 def score_responses(reward_model, prompt, prompt_mask, tokens, mask, eot_id, missing_eot_penalty):
     """
@@ -381,6 +392,7 @@ def main(argv=None):
             group["lr"] = lr
         prompts = [train_ids[i] for i in batch_at(len(train_ids), cfg.rollout_batch, it, cfg.seed)]
         batch, metrics = rollout(agent, ref, reward_model, prompts, beta, cfg, rt, enc.eot_token, generator)
+        metrics["response/noncanonical"] = noncanonical_share(enc, batch["tokens"], batch["mask"])
         steps = ppo_update(agent, optimizer, batch, cfg, rt)
         for k in steps[0]:
             metrics[k] = sum(s[k] for s in steps) / len(steps)

@@ -10,7 +10,7 @@ import torch
 import common
 import ppo
 from common import parse_config, save_checkpoint, setup_runtime
-from model import GPT, GPTConfig
+from model import GPT, GPTConfig, response_mask
 from reward import RewardModel
 from tokenizer import load_tokenizer, save_bpe, train_bpe
 
@@ -175,6 +175,20 @@ def test_a_reply_that_never_ended_scores_below_the_same_reply_ended():
     mask = torch.ones(2, 4, dtype=torch.long)
     scores = ppo.score_responses(bad, prompt.expand(2, -1), prompt_mask.expand(2, -1), reply, mask, EOT, -1.0)
     torch.testing.assert_close(scores, torch.tensor([-4.0, -5.0]))  # the penalty adds to the score, not replaces it
+
+
+def test_noncanonical_share(tmp_path):
+    save_bpe(train_bpe(["hello world, hello there"] * 5, 270), tmp_path / "tok.tiktoken")
+    enc = load_tokenizer(str(tmp_path / "tok.tiktoken"))
+    canonical = enc.encode_ordinary(" hello world")
+    spelled = [enc.encode_single_token(bytes([b])) for b in b" hello"] + enc.encode_ordinary(" world")
+    assert len(canonical) < len(spelled) and enc.decode(spelled) == enc.decode(canonical)
+    eot = enc.eot_token
+    # canonical and ended; spelled and cut at the length limit; canonical, then spelled text after its end
+    width = len(spelled)
+    rows = [canonical + [eot] * (width - len(canonical)), spelled, (canonical + [eot] + spelled)[:width]]
+    tokens = torch.tensor(rows)
+    assert ppo.noncanonical_share(enc, tokens, response_mask(tokens, eot)) == pytest.approx(1 / 3)
 
 
 def test_rollout_masks_everything_after_end_of_text():
@@ -350,6 +364,6 @@ def test_smoke_through_the_command_line(tmp_path):
     lines = [json.loads(l) for l in (tmp_path / "ppo" / "metrics.jsonl").read_text().splitlines()]
     names = {"objective/kl", "objective/entropy", "objective/scores", "objective/rlhf_reward", "policy/approxkl",
              "policy/clipfrac", "val/clipfrac", "val/explained_variance", "loss/policy", "loss/value",
-             "response/length", "response/eot_rate", "objective/beta", "objective/kl_k3",
+             "response/length", "response/eot_rate", "objective/beta", "objective/kl_k3", "response/noncanonical",
              "grad_norm", "grad_norm/policy", "grad_norm/value", "eval/gold", "eval/win_rate", "eval/kl"}
     assert names <= set(lines[1])
