@@ -50,7 +50,7 @@ class Config:
     kl_coef: float = 0.1  # beta, the per-token KL penalty's weight (start value if adaptive); lower lets the policy exploit the reward model more
     adaptive_kl: bool = False  # adapt beta to keep the KL near kl_target (Ziegler et al. 2019)
     kl_target: float = 6.0  # adaptive beta: the sequence KL to aim for, in nats
-    kl_horizon: int = 10000  # adaptive beta: episodes over which beta moves by at most ~20%
+    kl_horizon: int = 0  # adaptive beta: episodes over which beta moves by at most ~20%; 0: the run's length in episodes
     gamma: float = 1.0  # discount: 1, the score at the end counts as much for the first token as the last
     lam: float = 0.95  # GAE lambda: lower trusts the value head more, less variance, more bias
     cliprange: float = 0.2  # clip the probability ratio to 1 +- this
@@ -365,7 +365,8 @@ def main(argv=None):
         if start >= cfg.iterations:
             raise SystemExit(f"{ckpt_path} has finished all {cfg.iterations} iterations: nothing to resume")
         print(f"resumed from {ckpt_path} at iteration {start}, beta {beta:.4f}")
-    kl_ctl = AdaptiveKLController(beta, cfg.kl_target, cfg.kl_horizon) if cfg.adaptive_kl else None
+    kl_horizon = cfg.kl_horizon or cfg.iterations * cfg.rollout_batch
+    kl_ctl = AdaptiveKLController(beta, cfg.kl_target, kl_horizon) if cfg.adaptive_kl else None
     log = MetricsLog(cfg.out_dir, resume=bool(resumed))
 
     # the SFT policy's samples on the held-out prompts: the baseline of every win-rate

@@ -101,6 +101,20 @@ def test_adaptive_kl_controller():
     assert ctl.value == pytest.approx(0.15)
 
 
+def test_adaptive_kl_over_the_run_length_brings_the_kl_toward_its_target():
+    """
+    A policy whose KL answers beta at once, KL = 0.9 / beta: 9 nats at beta = 0.1, as the default run ends up
+    against a target of 6 (issue 16). Over the default run's 60 iterations of 64 episodes, a horizon of the run's
+    length (the default) lets beta rise by the full e^0.2; the old fixed 10,000 episodes only by 8%.
+    """
+    cfg = ppo.Config()
+    for horizon, final_kl in ((cfg.iterations * cfg.rollout_batch, 7.37), (10000, 8.34)):
+        ctl = ppo.AdaptiveKLController(0.1, target=6.0, horizon=horizon)
+        for _ in range(cfg.iterations):
+            ctl.update(0.9 / ctl.value, n_steps=cfg.rollout_batch)
+        assert 0.9 / ctl.value == pytest.approx(final_kl, abs=0.01)
+
+
 def test_kl_estimates():
     logp = torch.tensor([-1.0, -2.0, -0.5])
     ref = torch.tensor([-1.5, -1.0, -0.5])
@@ -367,3 +381,7 @@ def test_smoke_through_the_command_line(tmp_path):
              "response/length", "response/eot_rate", "objective/beta", "objective/kl_k3", "response/noncanonical",
              "grad_norm", "grad_norm/policy", "grad_norm/value", "eval/gold", "eval/win_rate", "eval/kl"}
     assert names <= set(lines[1])
+    # the adaptive KL horizon defaults to the run's length, 2 iterations of 4 episodes
+    error = max(-0.2, min(0.2, lines[1]["objective/kl"] / 6 - 1))
+    assert lines[1]["objective/beta"] == 0.1
+    assert lines[2]["objective/beta"] == pytest.approx(0.1 * (1 + error * 4 / 8), abs=1e-6)
