@@ -3,10 +3,11 @@ Stage 3, PPO: the SFT policy learns to write responses the reward model scores h
 far from what it was.
 
 Each iteration samples responses to a batch of prompts, scores them with the frozen reward model, and pays
-every token a penalty of beta times its KL to the frozen SFT model (the reference), the score landing on
-the end-of-text token. GAE turns those rewards into advantages for a clipped policy loss; a value head on
-the policy's own trunk learns the returns with a clipped value loss. The details follow OpenAI's
-lm-human-preferences and "The N+ Implementation Details of RLHF with PPO" (Huang et al., 2024).
+every token a penalty of beta * (log pi - log pi_ref), its estimate of the KL to the frozen SFT model (the
+reference), the score landing on the end-of-text token. GAE turns those rewards into advantages for a
+clipped policy loss; a value head on the policy's own trunk learns the returns with a clipped value loss.
+The details follow OpenAI's lm-human-preferences and "The N+ Implementation Details of RLHF with PPO"
+(Huang et al., 2024).
 
     python ppo.py
     python ppo.py --sft_ckpt out/sft/ckpt.pt --reward_ckpt out/reward/ckpt.pt --prompts_file p.jsonl --eval_prompts e.jsonl
