@@ -31,7 +31,7 @@ from tokenizer import load_tokenizer, render
 class Config:
     train_file: str = ""  # JSONL of {prompt, chosen, rejected}; empty: the built-in task
     val_file: str = ""  # held-out JSONL of {prompt, chosen, rejected}; empty: the built-in task's
-    eval_prompts: str = ""  # JSONL of {prompt} sampled at every evaluation; empty: the built-in task's held-out prompts
+    eval_prompts: str = ""  # JSONL of {prompt} sampled at every evaluation; empty: the built-in task's held-out prompts (tune on out/data/val_prompts.jsonl)
     sft_ckpt: str = "out/sft/ckpt.pt"  # the SFT checkpoint: the initial policy and the reference
     out_dir: str = "out/dpo"  # where ckpt.pt and metrics.jsonl go
     loss_type: str = "sigmoid"  # sigmoid (DPO; conservative DPO with label_smoothing), ipo (mean log-probs) or hinge

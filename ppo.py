@@ -3,10 +3,11 @@ Stage 3, PPO: the SFT policy learns to write responses the reward model scores h
 far from what it was.
 
 Each iteration samples responses to a batch of prompts, scores them with the frozen reward model, and pays
-every token a penalty of beta times its KL to the frozen SFT model (the reference), the score landing on
-the end-of-text token. GAE turns those rewards into advantages for a clipped policy loss; a value head on
-the policy's own trunk learns the returns with a clipped value loss. The details follow OpenAI's
-lm-human-preferences and "The N+ Implementation Details of RLHF with PPO" (Huang et al., 2024).
+every token a penalty of beta * (log pi - log pi_ref), its estimate of the KL to the frozen SFT model (the
+reference), the score landing on the end-of-text token. GAE turns those rewards into advantages for a
+clipped policy loss; a value head on the policy's own trunk learns the returns with a clipped value loss.
+The details follow OpenAI's lm-human-preferences and "The N+ Implementation Details of RLHF with PPO"
+(Huang et al., 2024).
 
     python ppo.py
     python ppo.py --sft_ckpt out/sft/ckpt.pt --reward_ckpt out/reward/ckpt.pt --prompts_file p.jsonl --eval_prompts e.jsonl
@@ -14,16 +15,16 @@ lm-human-preferences and "The N+ Implementation Details of RLHF with PPO" (Huang
 
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from common import (MetricsLog, batch_at, builtin_task_paths, check_finite, decode_responses, encode_prompts, frozen,
-                    gold_eval, load_policy, lr_at, pad, parse_config, print_config, print_samples, read_jsonl,
-                    response_logprobs, sample, save_checkpoint, sequence_kl, setup_runtime, token_logprobs, win_rate)
+from common import (MetricsLog, batch_at, check_finite, encode_prompts, evaluate_samples, frozen, load_policy, lr_at,
+                    pad, print_config, print_samples, read_jsonl, response_logprobs, restore_training, run_config,
+                    save_checkpoint, setup_runtime, token_logprobs, training_state)
+from data import world
 from model import ScalarHead, response_mask
 from reward import load_reward_model
 from tokenizer import load_tokenizer
@@ -34,7 +35,7 @@ class Config:
     sft_ckpt: str = "out/sft/ckpt.pt"  # the SFT policy: where PPO starts, and the frozen reference
     reward_ckpt: str = "out/reward/ckpt.pt"  # the trained, normalised reward model
     prompts_file: str = ""  # JSONL of {prompt} to train on; empty: the built-in task's training prompts
-    eval_prompts: str = ""  # held-out JSONL of {prompt}; empty: the built-in task's (judged by its gold judge too)
+    eval_prompts: str = ""  # held-out JSONL of {prompt}; empty: the built-in task's (tune on out/data/val_prompts.jsonl)
     out_dir: str = "out/ppo"  # where ckpt.pt and metrics.jsonl go
     iterations: int = 60  # rounds of sampling a rollout batch and updating on it
     rollout_batch: int = 64  # prompts answered per iteration
@@ -45,22 +46,24 @@ class Config:
     grad_clip: float = 1.0  # clip the gradient norm to this
     temperature: float = 1.0  # sampling temperature; every log-prob is of softmax(logits / temperature)
     max_new_tokens: int = 64  # response length limit; a response that hits it never ended
-    missing_eot_penalty: float = -1.0  # the score of a response that never emits end-of-text (replaces the reward model's)
+    missing_eot_penalty: float = -1.0  # added to the score of a response that never ended (-1: one std of SFT samples' rewards)
+    whiten_rewards: bool = False  # rescale each rollout's scores to std 1, keeping their mean
     kl_coef: float = 0.1  # beta, the per-token KL penalty's weight (start value if adaptive); lower lets the policy exploit the reward model more
-    kl_estimator: str = "k1"  # k1 = log pi - log pi_ref (unbiased), or k3 = (r - 1) - log r, r = pi_ref/pi (never negative)
     adaptive_kl: bool = False  # adapt beta to keep the KL near kl_target (Ziegler et al. 2019)
     kl_target: float = 6.0  # adaptive beta: the sequence KL to aim for, in nats
-    kl_horizon: int = 10000  # adaptive beta: episodes over which beta moves by at most ~20%
+    kl_horizon: int = 0  # adaptive beta: episodes over which beta moves by at most ~20%; 0: the run's length in episodes
     gamma: float = 1.0  # discount: 1, the score at the end counts as much for the first token as the last
     lam: float = 0.95  # GAE lambda: lower trusts the value head more, less variance, more bias
     cliprange: float = 0.2  # clip the probability ratio to 1 +- this
     cliprange_value: float = 0.2  # clip the new values to the old values +- this
     vf_coef: float = 0.1  # weight of the value loss against the policy loss (they share a trunk)
     eval_interval: int = 30  # evaluate on the held-out prompts every this many iterations (and at the end)
+    ckpt_interval: int = 10  # checkpoint every this many iterations (and at the end)
     n_eval: int = 256  # held-out prompts per evaluation
     device: str = "auto"  # auto, cpu, cuda, cuda:N
     dtype: str = "auto"  # auto (bf16 or fp16 on CUDA, fp32 on CPU), float32, bfloat16, float16
     seed: int = 0  # seed of the value head, prompt order and sampling
+    resume: bool = False  # continue the run in out_dir from its checkpoint
 
 
 class PolicyWithValue(nn.Module):
@@ -116,18 +119,18 @@ def masked_whiten(values, mask, shift_mean=True):
     return whitened * mask
 
 
-def kl_penalty(logprobs, ref_logprobs, estimator="k1"):
+def kl_estimates(logprobs, ref_logprobs):
     """
-    Per-token estimate of KL(pi || pi_ref) from tokens sampled from pi (Schulman, "Approximating KL divergence").
-    k1 = log pi - log pi_ref: unbiased, but a single token's can be negative. k3 = (r - 1) - log r with
-    r = pi_ref / pi: also unbiased, never negative, lower variance when the two are close.
+    Two per-token estimates of KL(pi || pi_ref) from tokens x sampled from pi (Schulman, "Approximating KL
+    divergence"), both with the KL as their expected value. Returns (k1, k3):
+        k1 = log pi(x) - log pi_ref(x)                  the penalty paid in the reward
+        k3 = (r - 1) - log r,  r = pi_ref(x) / pi(x)    never negative, less noisy while pi is near pi_ref: logged
+    Only k1 may be paid as a reward. The policy gradient of a reward f(x) is sum_x grad pi(x) f(x); for k1 that
+    is exactly grad KL(pi || pi_ref), for k3 it is grad KL(pi || pi_ref) - grad KL(pi_ref || pi), which points
+    almost anywhere (tests/test_ppo.py checks both by enumeration).
     """
-    log_ratio = logprobs - ref_logprobs
-    if estimator == "k1":
-        return log_ratio
-    if estimator == "k3":
-        return torch.expm1(-log_ratio) + log_ratio
-    raise ValueError(f"kl_estimator must be k1 or k3, not {estimator!r}")
+    k1 = logprobs - ref_logprobs
+    return k1, torch.expm1(-k1) + k1
 
 
 def token_rewards(scores, kl, mask, beta):
@@ -192,12 +195,27 @@ def explained_variance(values, returns, mask):
 # Rollouts and the update
 
 
+def noncanonical_share(enc, tokens, mask):
+    """
+    Share of responses whose tokens are not the tokenizer's own encoding of their text, enc.encode_ordinary(text):
+    the policy may sample such a spelling, which the reward model never read in training (its pairs are encoded
+    from text).
+    """
+    responses = [[t for t, keep in zip(row, m) if keep and t != enc.eot_token]
+                 for row, m in zip(tokens.tolist(), mask.tolist())]
+    return sum(enc.encode_ordinary(enc.decode(r)) != r for r in responses) / len(responses)
+
+
 @torch.no_grad()
 def score_responses(reward_model, prompt, prompt_mask, tokens, mask, eot_id, missing_eot_penalty):
-    """The reward model's score, read at each response's end-of-text; a response that never ended gets the penalty."""
+    """
+    The reward model's score, read at each response's end-of-text. A response that never ended also pays the penalty,
+    on top of its score rather than instead of it: a replacement would let a bad reply escape its low score by
+    running to the length limit.
+    """
     scores = reward_model(torch.cat([prompt, tokens], 1), torch.cat([prompt_mask, mask], 1)).float()
     ended = (tokens == eot_id).any(1)
-    return torch.where(ended, scores, missing_eot_penalty)
+    return scores + torch.where(ended, 0.0, missing_eot_penalty)
 
 
 @torch.no_grad()
@@ -220,20 +238,30 @@ def rollout(agent, ref, reward_model, prompt_ids, beta, cfg, rt, eot_id, generat
         scores = score_responses(reward_model, prompt, prompt_mask, tokens, mask, eot_id, cfg.missing_eot_penalty)
     logprobs = token_logprobs(logits, tokens, cfg.temperature) * mask
     values = values * mask
-    kl = kl_penalty(logprobs, ref_logprobs, cfg.kl_estimator) * mask
-    rewards = token_rewards(scores, kl, mask, beta)
+    kl, kl_k3 = (k * mask for k in kl_estimates(logprobs, ref_logprobs))
+    paid = scores
+    if cfg.whiten_rewards:  # rescaled, not centred: the returns still rise as the policy's replies get better
+        paid = masked_whiten(scores, torch.ones_like(scores), shift_mean=False)
+    rewards = token_rewards(paid, kl, mask, beta)
     advantages, returns = compute_gae(rewards, values, mask, cfg.gamma, cfg.lam)
 
     logp = F.log_softmax(logits.float() / cfg.temperature, dim=-1)
     entropy = -(logp.exp() * logp).sum(-1) * mask
     ended = (tokens == eot_id).any(1)
-    stats = {"objective/kl": kl.sum(1).mean(), "objective/entropy": entropy.sum(1).mean(),
+    stats = {"objective/kl": kl.sum(1).mean(), "objective/kl_k3": kl_k3.sum(1).mean(),
+             "objective/entropy": entropy.sum(1).mean(),
              "objective/scores": scores.mean(), "objective/rlhf_reward": rewards.sum(1).mean(),
              "val/explained_variance": explained_variance(values, returns, mask),
              "response/length": mask.sum(1).float().mean(), "response/eot_rate": ended.float().mean()}
     batch = {"prompt": prompt, "prompt_mask": prompt_mask, "tokens": tokens, "mask": mask, "logprobs": logprobs,
              "values": values, "advantages": masked_whiten(advantages, mask), "returns": returns}
     return batch, {k: v.item() for k, v in stats.items()}
+
+
+def grad_norm(params):
+    """The L2 norm of the gradients of params, as clip_grad_norm_ measures it."""
+    norms = [torch.linalg.vector_norm(p.grad) for p in params if p.grad is not None]
+    return torch.linalg.vector_norm(torch.stack(norms))
 
 
 def ppo_update(agent, optimizer, batch, cfg, rt):
@@ -251,7 +279,9 @@ def ppo_update(agent, optimizer, batch, cfg, rt):
             loss = pg_loss + cfg.vf_coef * vf_loss
             rt.scaler.scale(loss).backward()
             rt.scaler.unscale_(optimizer)
-            grad_norm = torch.nn.utils.clip_grad_norm_(agent.parameters(), cfg.grad_clip)
+            # one clip budget for both: the norms apart tell which of the two losses spends it
+            policy_norm, value_norm = grad_norm(agent.gpt.parameters()), grad_norm(agent.value_head.parameters())
+            total_norm = torch.nn.utils.clip_grad_norm_(agent.parameters(), cfg.grad_clip)
             rt.scaler.step(optimizer)
             rt.scaler.update()
             optimizer.zero_grad(set_to_none=True)
@@ -260,7 +290,8 @@ def ppo_update(agent, optimizer, batch, cfg, rt):
                 approxkl = 0.5 * masked_mean((logprobs - mb["logprobs"]) ** 2, mask)
             stats.append({"loss/policy": pg_loss.item(), "loss/value": vf_loss.item(), "policy/approxkl": approxkl.item(),
                           "policy/clipfrac": pg_clipfrac.item(), "val/clipfrac": vf_clipfrac.item(),
-                          "grad_norm": grad_norm.item()})
+                          "grad_norm": total_norm.item(), "grad_norm/policy": policy_norm.item(),
+                          "grad_norm/value": value_norm.item()})
     return stats
 
 
@@ -268,41 +299,34 @@ def ppo_update(agent, optimizer, batch, cfg, rt):
 # Evaluation on held-out prompts
 
 
-def evaluate(policy, ref, reward_model, enc, prompts, prompt_ids, cfg, rt, builtin, baseline_gold=None):
+def evaluate(policy, ref, reward_model, enc, prompts, prompt_ids, cfg, rt, seed, baseline=None):
     """
-    One sample per held-out prompt, at the training temperature and always the same seed: the reward model's
-    mean score, the sequence KL to the reference, and on the built-in task the gold judge's mean score and the
-    win-rate against the SFT policy's samples (baseline_gold). Returns (report, per-sample scores, texts).
+    One sample per held-out prompt at the training temperature: the reward model's mean score, the sequence KL to
+    the reference, response statistics, and where the gold judge knows the prompts its report per kind, with the
+    win-rate against the SFT policy's samples (baseline: their gold scores). Returns (report, gold, notes, texts).
     """
-    eot_id = enc.eot_token
-    batches = sample(policy, prompt_ids, rt, eot_id, cfg.max_new_tokens, cfg.temperature, 64, cfg.seed)
+    report, texts, batches = evaluate_samples(policy, ref, enc, prompt_ids, rt, cfg.max_new_tokens, cfg.temperature,
+                                              seed)
     with rt.autocast():
-        rm_scores = torch.cat([score_responses(reward_model, p, pm, t, m, eot_id, cfg.missing_eot_penalty)
-                               for p, pm, t, m in batches])
-    kls = sequence_kl(policy, ref, batches, rt, cfg.temperature)
-    report = {"score": rm_scores.mean().item(), "kl": sum(kls) / len(kls)}
-    if not builtin:
-        return report, None, decode_responses(enc, batches)
-    gold_report, gold, texts = gold_eval(enc, prompts, batches)
-    report.update(gold_report)
-    if baseline_gold is not None:
-        report["win_rate"] = win_rate(gold, baseline_gold)
-    return report, gold, texts
+        scores = torch.cat([score_responses(reward_model, p, pm, t, m, enc.eot_token, cfg.missing_eot_penalty)
+                            for p, pm, t, m in batches])
+    report["score"] = scores.mean().item()
+    gold, notes = None, None
+    if world.judges(prompts):
+        gold_report, gold, notes = world.gold_report(prompts, texts, baseline)
+        report.update(gold_report)
+    return report, gold, notes, texts
 
 
 def main(argv=None):
-    cfg, _ = parse_config(Config, argv)
+    cfg, ckpt_path, resumed = run_config(Config, argv)
     print("ppo config:")
     print_config(cfg)
-    if cfg.kl_estimator not in ("k1", "k3"):
-        raise SystemExit(f"--kl_estimator must be k1 or k3, not {cfg.kl_estimator!r}")
     rt = setup_runtime(cfg.device, cfg.dtype, cfg.seed)
-    ckpt_path = Path(cfg.out_dir) / "ckpt.pt"
 
-    builtin = not cfg.prompts_file
-    if builtin:
-        data_dir, _ = builtin_task_paths()
-        train_file, eval_file = f"{data_dir}/prompts_train.jsonl", f"{data_dir}/eval_prompts.jsonl"
+    if not cfg.prompts_file:
+        data_dir, _ = world.builtin_task()
+        train_file, eval_file = f"{data_dir}/prompts_train.jsonl", cfg.eval_prompts or f"{data_dir}/eval_prompts.jsonl"
     elif not cfg.eval_prompts:
         raise SystemExit("with --prompts_file, also give --eval_prompts")
     else:
@@ -328,23 +352,39 @@ def main(argv=None):
 
     # Adam's eps 1e-5 rather than 1e-8, as in lm-human-preferences: steadier steps on tiny second moments
     optimizer = torch.optim.Adam(agent.parameters(), lr=cfg.lr, eps=1e-5)
-    kl_ctl = AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon) if cfg.adaptive_kl else None
-    beta = cfg.kl_coef
-    log = MetricsLog(cfg.out_dir)
     generator = torch.Generator(rt.device).manual_seed(cfg.seed)
+    beta, start = cfg.kl_coef, 0
+    if resumed:  # the prompts of each iteration follow from its number (batch_at); the rest is in the checkpoint
+        start = restore_training(resumed, agent.gpt, optimizer, rt.scaler)
+        agent.value_head.load_state_dict(resumed["value_head"])
+        generator.set_state(resumed["generator"])
+        beta = resumed["kl_coef"]
+        if start >= cfg.iterations:
+            raise SystemExit(f"{ckpt_path} has finished all {cfg.iterations} iterations: nothing to resume")
+        print(f"resumed from {ckpt_path} at iteration {start}, beta {beta:.4f}")
+    kl_horizon = cfg.kl_horizon or cfg.iterations * cfg.rollout_batch
+    kl_ctl = AdaptiveKLController(beta, cfg.kl_target, kl_horizon) if cfg.adaptive_kl else None
+    log = MetricsLog(cfg.out_dir, resume_step=start if resumed else None)
 
-    # the SFT policy's samples on the held-out prompts: the baseline of every win-rate
-    sft_report, sft_scores, _ = evaluate(ref, ref, reward_model, enc, eval_prompts, eval_ids, cfg, rt, builtin)
-    print("sft on the held-out prompts: " + ", ".join(f"{k} {v:.3f}" for k, v in sft_report.items()))
-    log.log(0, **{f"eval/sft_{k}": v for k, v in sft_report.items()})
+    # the SFT policy's samples on the held-out prompts: the baseline of every win-rate. The policy's are drawn with
+    # another seed: shared random numbers would make the two tie more often than independent samples do
+    sft_report, sft_gold, _, _ = evaluate(ref, ref, reward_model, enc, eval_prompts, eval_ids, cfg, rt, cfg.seed)
+    print(f"sft on {len(eval_prompts)} prompts of {eval_file}: " +
+          ", ".join(f"{k} {sft_report[k]:.3f}" for k in ("score", "gold", "length", "eot_rate") if k in sft_report))
+    if not resumed:
+        log.log(0, **{f"eval/sft_{k}": v for k, v in sft_report.items()})
 
-    def checkpoint(step, summary):
+    def checkpoint(done, **extra):
+        # a policy with its value head, which later stages load as a policy (common.load_policy); and for --resume,
+        # beta and the sampling generator besides what every stage keeps
         save_checkpoint(ckpt_path, {"kind": "ppo_policy", "model": agent.gpt.state_dict(),
                                     "value_head": agent.value_head.state_dict(),
                                     "model_config": asdict(agent.gpt.config), "tokenizer": tokenizer_spec,
-                                    "config": asdict(cfg), "step": step, "summary": summary})
+                                    "config": asdict(cfg), "step": done, "kl_coef": beta,
+                                    "generator": generator.get_state(), **training_state(optimizer, rt.scaler),
+                                    **extra})
 
-    bar = tqdm(range(cfg.iterations), desc="ppo", dynamic_ncols=True)
+    bar = tqdm(range(start, cfg.iterations), initial=start, total=cfg.iterations, desc="ppo", dynamic_ncols=True)
     t0 = time.time()
     for it in bar:
         lr = lr_at(it, cfg.iterations, cfg.lr, cfg.warmup_steps)
@@ -352,24 +392,24 @@ def main(argv=None):
             group["lr"] = lr
         prompts = [train_ids[i] for i in batch_at(len(train_ids), cfg.rollout_batch, it, cfg.seed)]
         batch, metrics = rollout(agent, ref, reward_model, prompts, beta, cfg, rt, enc.eot_token, generator)
+        metrics["response/noncanonical"] = noncanonical_share(enc, batch["tokens"], batch["mask"])
         steps = ppo_update(agent, optimizer, batch, cfg, rt)
         for k in steps[0]:
             metrics[k] = sum(s[k] for s in steps) / len(steps)
         check_finite(metrics["loss/policy"] + metrics["loss/value"], it, ckpt_path)
-        metrics.update({"objective/beta": beta, "lr": lr, "iters_per_s": (it + 1) / (time.time() - t0)})
+        metrics.update({"objective/beta": beta, "lr": lr, "iters_per_s": (it + 1 - start) / (time.time() - t0)})
         if kl_ctl:
             kl_ctl.update(metrics["objective/kl"], cfg.rollout_batch)
             beta = kl_ctl.value
 
         done = it + 1
         if done % cfg.eval_interval == 0 or done == cfg.iterations:
-            report, scores, texts = evaluate(agent.gpt, ref, reward_model, enc, eval_prompts, eval_ids, cfg, rt,
-                                             builtin, sft_scores)
+            report, _, notes, texts = evaluate(agent.gpt, ref, reward_model, enc, eval_prompts, eval_ids, cfg, rt,
+                                               cfg.seed + 1, sft_gold)
             metrics.update({f"eval/{k}": v for k, v in report.items()})
-            bar.write(f"iteration {done}: " + ", ".join(f"{k} {v:.3f}" for k, v in report.items()))
-            print_samples(eval_prompts, texts, scores, 2)
-            if done < cfg.iterations:
-                checkpoint(done, {**report, **{f"sft_{k}": v for k, v in sft_report.items()}})
+            bar.write(f"iteration {done}: " + ", ".join(f"{k} {report[k]:.3f}" for k in
+                                                        ("score", "gold", "win_rate", "kl", "length") if k in report))
+            print_samples(eval_prompts, texts, notes, 2)
         log.log(done, **metrics)
         bar.set_postfix(score=f"{metrics['objective/scores']:.2f}", kl=f"{metrics['objective/kl']:.2f}",
                         rlhf_reward=f"{metrics['objective/rlhf_reward']:.2f}",
@@ -377,16 +417,21 @@ def main(argv=None):
                         ev=f"{metrics['val/explained_variance']:.2f}", len=f"{metrics['response/length']:.0f}",
                         eot=f"{metrics['response/eot_rate']:.2f}", beta=f"{metrics['objective/beta']:.3f}",
                         **({"gold": f"{metrics['eval/gold']:.2f}"} if "eval/gold" in metrics else {}))
+        if done % cfg.ckpt_interval == 0 and done < cfg.iterations:
+            checkpoint(done)  # after the log line: a run resumed from here continues metrics.jsonl without a gap
     bar.close()
 
     summary = {**report, **{f"sft_{k}": v for k, v in sft_report.items()}, "iters_per_s": metrics["iters_per_s"]}
     log.log(cfg.iterations, **{f"final/{k}": v for k, v in summary.items()})
-    checkpoint(cfg.iterations, summary)
-    if builtin:
-        print(f"on {len(eval_prompts)} held-out prompts: gold {sft_report['gold']:.3f} (sft) -> {report['gold']:.3f} "
-              f"(ppo), gold win-rate against sft {report['win_rate']:.1%}, reward-model score {report['score']:.3f}, "
-              f"KL to sft {report['kl']:.2f} nats")
-    print(f"saved {ckpt_path} ({cfg.iterations / (time.time() - t0):.2f} iterations/s)")
+    checkpoint(cfg.iterations, summary=summary)
+    print_samples(eval_prompts, texts, notes, 5)
+    print(f"ppo on {len(eval_prompts)} prompts of {eval_file}: reward-model score {report['score']:.3f}, KL to sft "
+          f"{report['kl']:.2f} nats, {report['distinct']:.1%} distinct")
+    if sft_gold is not None:
+        print(f"gold {sft_report['gold']:.3f} (sft) -> {report['gold']:.3f} (ppo), win-rate against sft "
+              f"{report['win_rate']:.1%} ± {report['win_rate_ci']:.1%}")
+        print(world.report_table(report))
+    print(f"saved {ckpt_path} ({(cfg.iterations - start) / (time.time() - t0):.2f} iterations/s)")
     return summary
 
 

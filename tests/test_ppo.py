@@ -1,6 +1,7 @@
 import json
 import subprocess
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -8,8 +9,11 @@ import torch
 
 import common
 import ppo
-from common import parse_config, setup_runtime
-from model import GPT, GPTConfig
+from common import parse_config, save_checkpoint, setup_runtime
+from data import world
+from model import GPT, GPTConfig, response_mask
+from reward import RewardModel
+from tokenizer import load_tokenizer, save_bpe, train_bpe
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -98,17 +102,55 @@ def test_adaptive_kl_controller():
     assert ctl.value == pytest.approx(0.15)
 
 
-def test_kl_estimators():
+def test_adaptive_kl_over_the_run_length_brings_the_kl_toward_its_target():
+    """
+    A policy whose KL answers beta at once, KL = 0.9 / beta: 9 nats at beta = 0.1, as the default run ends up
+    against a target of 6 (issue 16). Over the default run's 60 iterations of 64 episodes, a horizon of the run's
+    length (the default) lets beta rise by the full e^0.2; the old fixed 10,000 episodes only by 8%.
+    """
+    cfg = ppo.Config()
+    for horizon, final_kl in ((cfg.iterations * cfg.rollout_batch, 7.37), (10000, 8.34)):
+        ctl = ppo.AdaptiveKLController(0.1, target=6.0, horizon=horizon)
+        for _ in range(cfg.iterations):
+            ctl.update(0.9 / ctl.value, n_steps=cfg.rollout_batch)
+        assert 0.9 / ctl.value == pytest.approx(final_kl, abs=0.01)
+
+
+def test_kl_estimates():
     logp = torch.tensor([-1.0, -2.0, -0.5])
     ref = torch.tensor([-1.5, -1.0, -0.5])
-    k1 = ppo.kl_penalty(logp, ref, "k1")
-    k3 = ppo.kl_penalty(logp, ref, "k3")
+    k1, k3 = ppo.kl_estimates(logp, ref)
     torch.testing.assert_close(k1, logp - ref)
     r = (ref - logp).exp()
     torch.testing.assert_close(k3, (r - 1) - r.log())
     assert (k3 >= 0).all() and k1[1] < 0 and k3[2] == 0
-    with pytest.raises(ValueError, match="k1 or k3"):
-        ppo.kl_penalty(logp, ref, "k2")
+
+
+def test_only_k1_paid_as_a_reward_pulls_toward_the_reference():
+    """
+    By enumeration over random categorical distributions: both estimates average to KL(pi || ref), but the policy
+    gradient of a reward f, sum_x grad pi(x) f(x), is grad KL(pi || ref) only for f = k1. For k3 it is
+    grad KL(pi || ref) - grad KL(ref || pi), and a step that lowers k3-as-a-penalty raises the KL a third of the time.
+    """
+    torch.manual_seed(0)
+    raised = 0
+    for _ in range(200):
+        theta = torch.randn(8, requires_grad=True)
+        logp, ref = theta.log_softmax(0), torch.randn(8).log_softmax(0)
+        p = logp.exp()
+        kl = (p * (logp - ref)).sum()
+        grad_kl, = torch.autograd.grad(kl, theta, retain_graph=True)
+        grad_reverse_kl, = torch.autograd.grad((ref.exp() * (ref - logp)).sum(), theta, retain_graph=True)
+        k1, k3 = ppo.kl_estimates(logp, ref)
+        torch.testing.assert_close((p * k1).sum(), kl)
+        torch.testing.assert_close((p * k3).sum(), kl)
+        # the estimate is paid as a reward: no gradient flows through it, only through the sampling probabilities
+        pg_k1, = torch.autograd.grad((p * k1.detach()).sum(), theta, retain_graph=True)
+        pg_k3, = torch.autograd.grad((p * k3.detach()).sum(), theta)
+        torch.testing.assert_close(pg_k1, grad_kl)
+        torch.testing.assert_close(pg_k3, grad_kl - grad_reverse_kl)
+        raised += (pg_k3 @ grad_kl < 0).item()  # descending pg_k3 then climbs the KL
+    assert 50 < raised < 100
 
 
 def test_score_lands_on_the_last_real_token():
@@ -141,6 +183,29 @@ def fake_reward_model(ids, mask):
     return mask.sum(1).float() / 10  # a score that tells rows apart
 
 
+def test_a_reply_that_never_ended_scores_below_the_same_reply_ended():
+    bad = lambda ids, mask: torch.full((ids.size(0),), -4.0)  # the reward model hates this reply, ended or not
+    prompt, prompt_mask = torch.tensor([[1, 2]]), torch.ones(1, 2, dtype=torch.long)
+    reply = torch.tensor([[3, 3, 3, EOT], [3, 3, 3, 3]])  # ended; cut at the length limit
+    mask = torch.ones(2, 4, dtype=torch.long)
+    scores = ppo.score_responses(bad, prompt.expand(2, -1), prompt_mask.expand(2, -1), reply, mask, EOT, -1.0)
+    torch.testing.assert_close(scores, torch.tensor([-4.0, -5.0]))  # the penalty adds to the score, not replaces it
+
+
+def test_noncanonical_share(tmp_path):
+    save_bpe(train_bpe(["hello world, hello there"] * 5, 270), tmp_path / "tok.tiktoken")
+    enc = load_tokenizer(str(tmp_path / "tok.tiktoken"))
+    canonical = enc.encode_ordinary(" hello world")
+    spelled = [enc.encode_single_token(bytes([b])) for b in b" hello"] + enc.encode_ordinary(" world")
+    assert len(canonical) < len(spelled) and enc.decode(spelled) == enc.decode(canonical)
+    eot = enc.eot_token
+    # canonical and ended; spelled and cut at the length limit; canonical, then spelled text after its end
+    width = len(spelled)
+    rows = [canonical + [eot] * (width - len(canonical)), spelled, (canonical + [eot] + spelled)[:width]]
+    tokens = torch.tensor(rows)
+    assert ppo.noncanonical_share(enc, tokens, response_mask(tokens, eot)) == pytest.approx(1 / 3)
+
+
 def test_rollout_masks_everything_after_end_of_text():
     agent, ref, cfg, prompts = tiny_setup()
     # move the policy away from the reference so that the KL is not zero
@@ -158,12 +223,12 @@ def test_rollout_masks_everything_after_end_of_text():
     # recompute the rewards as the rollout did, and check where things land
     logits, _ = agent(batch["prompt"], batch["prompt_mask"], batch["tokens"], mask)
     ref_logprobs = common.response_logprobs(ref, batch["prompt"], batch["prompt_mask"], batch["tokens"], mask)
-    kl = ppo.kl_penalty(batch["logprobs"], ref_logprobs) * mask
+    kl, kl_k3 = (k * mask for k in ppo.kl_estimates(batch["logprobs"], ref_logprobs))
     assert (kl[pad] == 0).all() and (kl[mask.bool()] != 0).all()
     scores = ppo.score_responses(fake_reward_model, batch["prompt"], batch["prompt_mask"], batch["tokens"], mask, EOT,
                                  cfg.missing_eot_penalty)
     rm = fake_reward_model(torch.cat([batch["prompt"], batch["tokens"]], 1), torch.cat([batch["prompt_mask"], mask], 1))
-    torch.testing.assert_close(scores, torch.where(ended, rm, -7.0))
+    torch.testing.assert_close(scores, rm + torch.where(ended, 0.0, -7.0))
     rewards = ppo.token_rewards(scores, kl, mask, 0.1)
     assert (rewards[pad] == 0).all()
     rows = torch.arange(8)
@@ -172,6 +237,27 @@ def test_rollout_masks_everything_after_end_of_text():
     torch.testing.assert_close(rewards[before], -0.1 * kl[before])
     torch.testing.assert_close(torch.tensor(stats["objective/rlhf_reward"]), rewards.sum(1).mean())
     torch.testing.assert_close(torch.tensor(stats["objective/kl"]), kl.sum(1).mean())
+    # k3 is logged beside k1, never paid
+    torch.testing.assert_close(torch.tensor(stats["objective/kl_k3"]), kl_k3.sum(1).mean())
+
+
+def test_whiten_rewards_rescales_the_scores_and_keeps_their_mean():
+    agent, ref, cfg, prompts = tiny_setup()
+    cfg.whiten_rewards = True
+    rt = setup_runtime("cpu", seed=0)
+    batch, stats = ppo.rollout(agent, ref, fake_reward_model, prompts, 0.0, cfg, rt, EOT, torch.Generator().manual_seed(1))
+    mask = batch["mask"]
+    scores = ppo.score_responses(fake_reward_model, batch["prompt"], batch["prompt_mask"], batch["tokens"], mask, EOT,
+                                 cfg.missing_eot_penalty)
+    assert scores.std(unbiased=False) < 0.5  # far from 1, so that the rescaling shows
+    paid = (scores - scores.mean()) / scores.std(unbiased=False) + scores.mean()
+    # beta = 0: the rewards are the paid scores alone, on each response's last token
+    rewards = torch.zeros_like(batch["values"])
+    rewards[torch.arange(8), mask.sum(1) - 1] = paid
+    _, returns = ppo.compute_gae(rewards, batch["values"], mask, cfg.gamma, cfg.lam)
+    torch.testing.assert_close(batch["returns"], returns)
+    assert stats["objective/scores"] == pytest.approx(scores.mean().item())  # logged in the reward model's units
+    assert stats["objective/rlhf_reward"] == pytest.approx(scores.mean().item(), abs=1e-5)
 
 
 def test_first_minibatch_ratio_is_exactly_one(monkeypatch):
@@ -194,10 +280,78 @@ def test_first_minibatch_ratio_is_exactly_one(monkeypatch):
     assert stats[-1]["policy/approxkl"] > 0  # the later steps do see a policy that has moved
 
 
-def test_command_line_from_dataclass():
-    cfg, given = parse_config(ppo.Config, ["--kl_estimator", "k3", "--adaptive_kl", "--iterations", "3"])
-    assert (cfg.kl_estimator, cfg.adaptive_kl, cfg.iterations) == ("k3", True, 3)
-    assert given == {"kl_estimator", "adaptive_kl", "iterations"}
+def test_policy_and_value_gradient_norms_are_logged_apart():
+    agent, ref, cfg, prompts = tiny_setup()
+    rt = setup_runtime("cpu", seed=0)
+    batch, _ = ppo.rollout(agent, ref, fake_reward_model, prompts, 0.1, cfg, rt, EOT, torch.Generator().manual_seed(0))
+    optimizer = torch.optim.Adam(agent.parameters(), lr=cfg.lr)
+    for s in ppo.ppo_update(agent, optimizer, batch, cfg, rt):
+        assert s["grad_norm/policy"] > 0 and s["grad_norm/value"] > 0
+        assert s["grad_norm"] ** 2 == pytest.approx(s["grad_norm/policy"] ** 2 + s["grad_norm/value"] ** 2)
+    cfg.vf_coef = 0.0  # no value loss: the value head gets no gradient, the policy all of the norm
+    for s in ppo.ppo_update(agent, optimizer, batch, cfg, rt):
+        assert s["grad_norm/value"] == 0 and s["grad_norm/policy"] == pytest.approx(s["grad_norm"])
+
+
+def test_command_line_from_dataclass(capsys):
+    cfg, given = parse_config(ppo.Config, ["--kl_coef", "0.05", "--adaptive_kl", "--iterations", "3"])
+    assert (cfg.kl_coef, cfg.adaptive_kl, cfg.iterations) == (0.05, True, 3)
+    assert given == {"kl_coef", "adaptive_kl", "iterations"}
+    with pytest.raises(SystemExit):  # k3 is only logged (objective/kl_k3), never paid: see kl_estimates
+        parse_config(ppo.Config, ["--kl_estimator", "k3"])
+    assert "unrecognized arguments: --kl_estimator" in capsys.readouterr().err
+
+
+@pytest.fixture
+def tiny_stages(tmp_path):
+    """Prompt files, a BPE, and random 'SFT' and reward-model checkpoints in the real formats."""
+    prompts = [f"\n\nHuman: What is {a} plus {b}?\n\nAssistant:" for a in range(6) for b in range(6)]
+    (tmp_path / "prompts.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in prompts[:30]))
+    (tmp_path / "eval.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in prompts[30:]))
+    tok = str(tmp_path / "tok.tiktoken")
+    save_bpe(train_bpe([p + " 3 plus 4 is 7." for p in prompts], 300), tok)
+    torch.manual_seed(0)
+    config = GPTConfig(block_size=48, vocab_size=load_tokenizer(tok).n_vocab, n_layer=1, n_head=2, n_embd=32)
+    save_checkpoint(tmp_path / "sft.pt", {"kind": "policy", "model": GPT(config).state_dict(),
+                                          "model_config": asdict(config), "tokenizer": tok})
+    save_checkpoint(tmp_path / "rm.pt", {"kind": "reward_model", "model": RewardModel(config).state_dict(),
+                                         "model_config": asdict(config), "tokenizer": tok})
+    return tmp_path
+
+
+def tiny_ppo_args(d, out):
+    return ["--sft_ckpt", str(d / "sft.pt"), "--reward_ckpt", str(d / "rm.pt"), "--prompts_file",
+            str(d / "prompts.jsonl"), "--eval_prompts", str(d / "eval.jsonl"), "--out_dir", str(d / out),
+            "--iterations", "4", "--ckpt_interval", "2", "--eval_interval", "4", "--rollout_batch", "4",
+            "--minibatch", "2", "--ppo_epochs", "1", "--warmup_steps", "1", "--max_new_tokens", "6", "--n_eval", "2",
+            "--lr", "1e-2", "--adaptive_kl", "--kl_target", "0.1", "--kl_horizon", "16"]
+
+
+def test_resume_after_interruption_gives_the_same_weights(tiny_stages, monkeypatch):
+    ppo.main(tiny_ppo_args(tiny_stages, "straight"))
+    straight = common.load_checkpoint(tiny_stages / "straight" / "ckpt.pt")
+
+    real_save = ppo.save_checkpoint
+
+    def save_then_crash(path, obj):  # the process dies right after its first checkpoint (iteration 2 of 4)
+        real_save(path, obj)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ppo, "save_checkpoint", save_then_crash)
+    with pytest.raises(KeyboardInterrupt):
+        ppo.main(tiny_ppo_args(tiny_stages, "interrupted"))
+    assert common.load_checkpoint(tiny_stages / "interrupted" / "ckpt.pt")["step"] == 2
+    monkeypatch.setattr(ppo, "save_checkpoint", real_save)
+    ppo.main(["--out_dir", str(tiny_stages / "interrupted"), "--resume"])
+    resumed = common.load_checkpoint(tiny_stages / "interrupted" / "ckpt.pt")
+
+    assert resumed["step"] == straight["step"] == 4
+    assert resumed["kl_coef"] == straight["kl_coef"] != 0.1  # beta moved, and resumed where it was
+    for part in ("model", "value_head"):
+        for k, v in straight[part].items():
+            assert torch.equal(v, resumed[part][k]), (part, k)
+    steps = [json.loads(l)["step"] for l in (tiny_stages / "interrupted" / "metrics.jsonl").read_text().splitlines()]
+    assert steps[:5] == [0, 1, 2, 3, 4]
 
 
 def test_smoke_through_the_command_line(tmp_path):
@@ -216,14 +370,27 @@ def test_smoke_through_the_command_line(tmp_path):
     stdout = run("ppo.py", "--sft_ckpt", "sft/ckpt.pt", "--reward_ckpt", "rm/ckpt.pt", "--out_dir", "ppo",
                  "--iterations", "2", "--rollout_batch", "4", "--minibatch", "2", "--ppo_epochs", "1",
                  "--max_new_tokens", "8", "--n_eval", "4", "--eval_interval", "1", "--adaptive_kl")
-    assert "gold win-rate against sft" in stdout
+    assert "win-rate against sft" in stdout and "evasive  distinct" in " ".join(stdout.split("\n"))
     ckpt = common.load_checkpoint(tmp_path / "ppo" / "ckpt.pt")
-    assert ckpt["step"] == 2 and ckpt["config"]["iterations"] == 2
+    # the final line holds the held-out report per kind of prompt asked
+    final = json.loads((tmp_path / "ppo" / "metrics.jsonl").read_text().splitlines()[-1])
+    asked = {world.parse(json.loads(l)["prompt"]).kind
+             for l in (tmp_path / "out" / "data" / "eval_prompts.jsonl").read_text().splitlines()[:4]}
+    per_kind = {f"final/{kind}/{k}" for kind in asked
+                for k in ("gold", "win_rate", "right", "wrong", "unsure", "evasive", "distinct")}
+    assert per_kind | {"final/win_rate", "final/win_rate_ci", "final/gold", "final/kl", "final/distinct"} <= set(final)
+    assert not {f"final/{kind}/gold" for kind in set(world.KINDS) - asked} & set(final)
+    assert ckpt["step"] == 2 and ckpt["config"]["iterations"] == 2 and ckpt["kind"] == "ppo_policy"
     assert set(ckpt["summary"]) >= {"gold", "win_rate", "kl", "score", "sft_gold"}
     common.load_policy(tmp_path / "ppo" / "ckpt.pt")  # later stages load it like an SFT checkpoint
     assert set(ckpt["value_head"]) == {"proj.weight", "proj.bias"}
     lines = [json.loads(l) for l in (tmp_path / "ppo" / "metrics.jsonl").read_text().splitlines()]
     names = {"objective/kl", "objective/entropy", "objective/scores", "objective/rlhf_reward", "policy/approxkl",
              "policy/clipfrac", "val/clipfrac", "val/explained_variance", "loss/policy", "loss/value",
-             "response/length", "response/eot_rate", "objective/beta", "eval/gold", "eval/win_rate", "eval/kl"}
+             "response/length", "response/eot_rate", "objective/beta", "objective/kl_k3", "response/noncanonical",
+             "grad_norm", "grad_norm/policy", "grad_norm/value", "eval/gold", "eval/win_rate", "eval/kl"}
     assert names <= set(lines[1])
+    # the adaptive KL horizon defaults to the run's length, 2 iterations of 4 episodes
+    error = max(-0.2, min(0.2, lines[1]["objective/kl"] / 6 - 1))
+    assert lines[1]["objective/beta"] == 0.1
+    assert lines[2]["objective/beta"] == pytest.approx(0.1 * (1 + error * 4 / 8), abs=1e-6)
