@@ -45,7 +45,7 @@ class Config:
     val_every: int = 10  # every this many-th comparison set goes to prefs_val.jsonl, the others to prefs_train.jsonl
     max_new_tokens: int = 64  # response length limit; responses that do not end within it are not shown
     temperature: float = 1.0  # sampling temperature
-    batch_size: int = 64  # responses sampled at once
+    batch_size: int = 256  # responses sampled at once
     rater_temperature: float = 1.0  # sim: label noise, P(a over b) = sigmoid(gold difference / rater_temperature)
     rater_bias: float = 0.0  # sim: how much the raters over-reward flattery and length
     device: str = "auto"  # auto, cpu, cuda, cuda:N
