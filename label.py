@@ -251,9 +251,14 @@ def scan(path):
 # The raters. A ranking is a list of indices into a set's responses, best first.
 
 
-def pairs_of(ranking, responses):
-    """Every (chosen, rejected) pair of a ranking, as InstructGPT uses a ranking of K responses."""
-    return [(responses[a], responses[b], [a, b]) for i, a in enumerate(ranking) for b in ranking[i + 1:]]
+def preference_lines(s, ranking, rater):
+    """
+    The lines a ranking of a set's responses writes: every (chosen, rejected) pair of it, as InstructGPT uses a
+    ranking of K responses. sample_ids are the pair's places in the set's responses in samples.jsonl.
+    """
+    texts = s["responses"]
+    return [{"prompt": s["prompt"], "chosen": texts[a], "rejected": texts[b], "sample_ids": [a, b], "rater": rater}
+            for i, a in enumerate(ranking) for b in ranking[i + 1:]]
 
 
 def plackett_luce(rng, perceived, temperature):
@@ -323,9 +328,7 @@ def ask_human(answers, sets, cfg):
             key = line.strip().lower()
             ranking = parse_ranking(key, n)
             if ranking is not None:
-                answers.add(s["set"], s["split"], [
-                    {"prompt": s["prompt"], "chosen": c, "rejected": r, "ids": ids, "rater": "human"}
-                    for c, r, ids in pairs_of([order[p] for p in ranking], s["responses"])])
+                answers.add(s["set"], s["split"], preference_lines(s, [order[p] for p in ranking], "human"))
             elif key == "t":
                 answers.add(s["set"], "tie", [{"prompt": s["prompt"], "responses": s["responses"], "rater": "human"}])
             elif key == "s":
@@ -371,9 +374,7 @@ def main(argv=None):
     if cfg.rater == "sim":
         todo = [s for s in sets if s["set"] not in answers.where]
         for s in tqdm(todo, desc="sim raters", dynamic_ncols=True):
-            answers.add(s["set"], s["split"], [
-                {"prompt": s["prompt"], "chosen": c, "rejected": r, "ids": ids, "rater": "sim"}
-                for c, r, ids in pairs_of(sim_ranking(cfg, s), s["responses"])])
+            answers.add(s["set"], s["split"], preference_lines(s, sim_ranking(cfg, s), "sim"))
     else:
         ask_human(answers, sets, cfg)
 

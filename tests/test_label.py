@@ -140,7 +140,7 @@ def test_sim_writes_pairs_and_reports_agreement_with_gold(tiny, sim2, capsys):
     for p in train + val:
         s = sets[p["set"]]
         assert p["prompt"] == s["prompt"] and p["of"] == 1 and p["rater"] == "sim"
-        assert [s["responses"][i] for i in p["ids"]] == [p["chosen"], p["rejected"]]
+        assert [s["responses"][i] for i in p["sample_ids"]] == [p["chosen"], p["rejected"]]
     assert not (out / "ties.jsonl").exists() and not (out / "skipped.jsonl").exists()
     assert meta["counts"] == {"sets": 30, "answered": 30, "ties": 0, "skipped": 0, "train_pairs": 27, "val_pairs": 3}
     for name, pairs in (("prefs_train", train), ("prefs_val", val)):
@@ -162,8 +162,8 @@ def test_sim_ranks_three_and_writes_every_pair(tiny, sim3):
         mine = [p for p in pairs if p["set"] == s["set"]]
         assert all(p["of"] == len(mine) for p in mine)
         # the pairs are those of one ranking: the best beats all, the next all below it, ...
-        wins = sorted(range(len(s["responses"])), key=lambda i: -sum(p["ids"][0] == i for p in mine))
-        assert [p["ids"] for p in mine] == [[a, b] for i, a in enumerate(wins) for b in wins[i + 1:]]
+        wins = sorted(range(len(s["responses"])), key=lambda i: -sum(p["sample_ids"][0] == i for p in mine))
+        assert [p["sample_ids"] for p in mine] == [[a, b] for i, a in enumerate(wins) for b in wins[i + 1:]]
 
 
 def test_sim_needs_the_built_in_task(tiny, tmp_path):
@@ -218,7 +218,7 @@ def test_human_keys_undo_skip_tie_quit_and_resume(tiny, sim2, typed):
         texts = [r for r in s["responses"] if r.strip() == view[best]] + \
                 [r for r in s["responses"] if r.strip() == view[3 - best]]
         return json.dumps({"prompt": s["prompt"], "chosen": texts[0], "rejected": texts[1],
-                           "ids": [s["responses"].index(t) for t in texts], "rater": "human", "set": view[0],
+                           "sample_ids": [s["responses"].index(t) for t in texts], "rater": "human", "set": view[0],
                            "of": 1}) + "\n"
 
     assert (out / "prefs_train.jsonl").read_text() == pref(views[6], 1)
