@@ -1,5 +1,5 @@
 """
-Stage 4, direct preference optimisation: learn from preference pairs without a reward model or sampling.
+Stage 5, direct preference optimisation: learn from preference pairs without a reward model or sampling.
 
 DPO (Rafailov et al. 2023) shows that the policy maximising reward minus β·KL to a reference has the
 reward β·log(π/π_ref) up to a per-prompt constant, which cancels between two responses to the same
@@ -29,8 +29,9 @@ from tokenizer import load_tokenizer, render
 
 @dataclass
 class Config:
-    train_file: str = ""  # JSONL of {prompt, chosen, rejected}; empty: the built-in task
+    train_file: str = ""  # JSONL of {prompt, chosen, rejected}; empty: the built-in task's (see pairs)
     val_file: str = ""  # held-out JSONL of {prompt, chosen, rejected}; empty: the built-in task's
+    pairs: str = "labelled"  # built-in task: labelled (label.py's, of the SFT model's own responses) or scripted (data/world.py's behaviours)
     eval_prompts: str = ""  # JSONL of {prompt} sampled at every evaluation; empty: the built-in task's held-out prompts (tune on out/data/val_prompts.jsonl)
     sft_ckpt: str = "out/sft/ckpt.pt"  # the SFT checkpoint: the initial policy and the reference
     out_dir: str = "out/dpo"  # where ckpt.pt and metrics.jsonl go
@@ -152,8 +153,8 @@ def main(argv=None):
 
     if not cfg.train_file:
         data_dir, _ = world.builtin_task()
-        train_file, val_file, prompts_file = (f"{data_dir}/prefs_train.jsonl", f"{data_dir}/prefs_val.jsonl",
-                                              cfg.eval_prompts or f"{data_dir}/eval_prompts.jsonl")
+        train_file, val_file = world.builtin_pairs(cfg.pairs, data_dir)
+        prompts_file = cfg.eval_prompts or f"{data_dir}/eval_prompts.jsonl"
     else:
         if not (cfg.val_file and cfg.eval_prompts):
             raise SystemExit("with --train_file, also give --val_file and --eval_prompts")

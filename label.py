@@ -1,6 +1,6 @@
 """
-Labelling, between SFT and the reward model: raters compare responses of the model being trained, and their
-answers become the preference pairs of the reward model and DPO (as in InstructGPT, "Learning to summarize from
+Stage 2, labelling: raters compare responses of the model being trained, and their answers become the
+preference pairs of the reward model and DPO (as in InstructGPT, "Learning to summarize from
 human feedback" and lm-human-preferences).
 
 The SFT model answers each prompt k times; the responses that ended with end-of-text, duplicates removed, form
@@ -28,9 +28,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from common import (builtin_task_paths, encode_prompts, load_policy, parse_config, print_config, read_jsonl, sample,
-                    setup_runtime)
-from data.world import gold_score, parse, rater_appeal, rater_prefers_first
+from common import encode_prompts, load_policy, parse_config, print_config, read_jsonl, sample, setup_runtime
+from data import world
 from tokenizer import EOT, load_tokenizer
 
 
@@ -124,10 +123,16 @@ def write_atomically(path, text):
     os.replace(tmp, path)
 
 
+def by_a_person(out):
+    """Does out hold an answer given at the terminal (whose time must not be thrown away)?"""
+    return any('"rater": "human"' in (out / name).read_text() for name in FILES.values() if (out / name).exists())
+
+
 def load_or_draw_sets(cfg, prompts_file, out):
     """
     The comparison sets of out_dir/samples.jsonl, drawn now if it does not exist yet. The settings they were drawn
-    with are in meta.json, written first: a rerun with other settings would show other responses, so it stops.
+    with are in meta.json, written first: a rerun with other settings (a new SFT model, say) would show other
+    responses, so it draws anew where only the simulated raters answered, and stops where a person did.
     """
     samples, meta_path = out / "samples.jsonl", out / "meta.json"
     drawn = {**{name: getattr(cfg, name) for name in SAMPLING}, "prompts_file": prompts_file}
@@ -136,12 +141,19 @@ def load_or_draw_sets(cfg, prompts_file, out):
     if samples.exists():
         stored = json.loads(meta_path.read_text())["sampling"] if meta_path.exists() else {}
         changed = [f"{k} {stored.get(k)!r} -> {v!r}" for k, v in drawn.items() if stored.get(k) != v]
-        if changed:
-            raise SystemExit(f"{samples} was drawn with other settings ({'; '.join(changed)}); its answers belong "
-                             f"to those samples. Give another --out_dir, or delete {out} to draw and label anew.")
-        sets = [json.loads(line) for line in samples.read_text().splitlines()]
-        print(f"{samples}: {len(sets)} comparison sets drawn before")
-        return sets
+        if not changed:
+            sets = [json.loads(line) for line in samples.read_text().splitlines()]
+            print(f"{samples}: {len(sets)} comparison sets drawn before")
+            return sets
+        if by_a_person(out):
+            raise SystemExit(f"{samples} was drawn with other settings ({'; '.join(changed)}); a person's answers "
+                             f"belong to those samples. Give another --out_dir, or delete {out} to draw and label "
+                             f"anew.")
+        # the simulated raters' answers cost nothing to give again: a new SFT model is labelled anew
+        print(f"{samples} was drawn with other settings ({'; '.join(changed)}) and answered by the simulated "
+              f"raters alone: drawing and labelling anew")
+        for path in [samples, meta_path, *(out / name for name in FILES.values())]:
+            path.unlink(missing_ok=True)
     if any((out / name).exists() for name in FILES.values()):
         raise SystemExit(f"{out} holds answers but no samples.jsonl they belong to: delete {out} to start anew")
     rt = setup_runtime(cfg.device, cfg.dtype, cfg.seed)
@@ -282,11 +294,11 @@ def sim_ranking(cfg, s):
     """The built-in task's simulated raters on one set: noisy, and with rater_bias biased towards appeal."""
     rng = random.Random(f"{cfg.seed}:sim:{s['set']}")  # per set: a resumed run answers as an uninterrupted one
     texts = s["responses"]
-    gold = [gold_score(s["prompt"], t + EOT) for t in texts]  # they ended: the judge reads the end-of-text
+    gold = [world.gold_score(s["prompt"], t + EOT) for t in texts]  # they ended: the judge reads the end-of-text
     if len(texts) == 2:
-        first = rater_prefers_first(rng, *texts, *gold, cfg.rater_temperature, cfg.rater_bias)
+        first = world.rater_prefers_first(rng, *texts, *gold, cfg.rater_temperature, cfg.rater_bias)
         return [0, 1] if first else [1, 0]
-    return plackett_luce(rng, [g + cfg.rater_bias * rater_appeal(t) for g, t in zip(gold, texts)],
+    return plackett_luce(rng, [g + cfg.rater_bias * world.rater_appeal(t) for g, t in zip(gold, texts)],
                          cfg.rater_temperature)
 
 
@@ -347,7 +359,7 @@ def gold_agreement(pairs):
     """Share of pairs whose chosen response the gold judge scores higher, a tie counting half (None: no pairs)."""
     agree = 0.0
     for p in pairs:
-        c, r = gold_score(p["prompt"], p["chosen"] + EOT), gold_score(p["prompt"], p["rejected"] + EOT)
+        c, r = world.gold_score(p["prompt"], p["chosen"] + EOT), world.gold_score(p["prompt"], p["rejected"] + EOT)
         agree += 1.0 if c > r else 0.5 if c == r else 0.0
     return agree / len(pairs) if pairs else None
 
@@ -360,10 +372,9 @@ def main(argv=None):
         raise SystemExit(f"--rater must be sim or human, not {cfg.rater!r}")
     if cfg.k < 2 or cfg.n_pairs < 1 or cfg.val_every < 1:
         raise SystemExit("--k must be at least 2, --n_pairs and --val_every at least 1")
-    builtin = not cfg.prompts_file
-    prompts_file = f"{builtin_task_paths()[0]}/prompts_train.jsonl" if builtin else cfg.prompts_file
+    prompts_file = cfg.prompts_file or f"{world.builtin_task()[0]}/prompts_train.jsonl"
     # the gold judge, and so the simulated raters, know the built-in task's prompts only
-    known = all(parse(r["prompt"]).kind != "unknown" for r in read_jsonl(prompts_file, ("prompt",)))
+    known = world.judges([r["prompt"] for r in read_jsonl(prompts_file, ("prompt",))])
     if cfg.rater == "sim" and not known:
         raise SystemExit(f"the simulated raters know only the built-in task's prompts, not all of {prompts_file}'s: "
                          f"label them with --rater human")

@@ -1,5 +1,5 @@
 """
-Stage 3, PPO: the SFT policy learns to write responses the reward model scores highly, without drifting
+Stage 4, PPO: the SFT policy learns to write responses the reward model scores highly, without drifting
 far from what it was.
 
 Each iteration samples responses to a batch of prompts, scores them with the frozen reward model, and pays

@@ -1,5 +1,5 @@
 """
-Stage 2, reward modelling: learn a scalar score from pairs where raters preferred one response.
+Stage 3, reward modelling: learn a scalar score from pairs where raters preferred one response.
 
 The reward model is the SFT transformer with its language-model head swapped for a scalar head, read at
 the end-of-text token that closes the response: the only position that has seen the whole response.
@@ -31,8 +31,9 @@ from tokenizer import EOT, load_tokenizer, render
 @dataclass
 class Config:
     sft_ckpt: str = "out/sft/ckpt.pt"  # the SFT checkpoint: the reward model's start, and the policy that sets its scale
-    train_file: str = ""  # JSONL of {prompt, chosen, rejected}; empty: the built-in task
+    train_file: str = ""  # JSONL of {prompt, chosen, rejected}; empty: the built-in task's (see pairs)
     val_file: str = ""  # held-out JSONL of {prompt, chosen, rejected}; empty: the built-in task's
+    pairs: str = "labelled"  # built-in task: labelled (label.py's, of the SFT model's own responses) or scripted (data/world.py's behaviours)
     prompts_file: str = ""  # JSONL of {prompt} for the normalisation; empty: the built-in task's training prompts
     out_dir: str = "out/reward"  # where ckpt.pt and metrics.jsonl go
     batch_size: int = 32  # pairs per step (the forward pass holds twice as many sequences)
@@ -184,7 +185,7 @@ def main(argv=None):
 
     if not cfg.train_file:
         data_dir, _ = world.builtin_task()
-        train_file, val_file = f"{data_dir}/prefs_train.jsonl", f"{data_dir}/prefs_val.jsonl"
+        train_file, val_file = world.builtin_pairs(cfg.pairs, data_dir)
         prompts_file = f"{data_dir}/prompts_train.jsonl"
     else:
         if not (cfg.val_file and cfg.prompts_file):

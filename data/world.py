@@ -630,6 +630,22 @@ def builtin_task(data_dir: str = "out/data", tokenizer_path: str = "out/tokenize
     return data_dir, str(Path(tokenizer_path).resolve())  # absolute: checkpoints name it, and may be used elsewhere
 
 
+def builtin_pairs(pairs: str, data_dir: str = "out/data", label_dir: str = "out/label") -> tuple:
+    """
+    (train, val) preference files of the built-in task: "labelled", label.py's comparisons of the SFT model's own
+    responses (the default pipeline), or "scripted", pairs of this file's behaviours written with the data.
+    """
+    if pairs == "scripted":
+        return f"{data_dir}/prefs_train.jsonl", f"{data_dir}/prefs_val.jsonl"
+    if pairs != "labelled":
+        raise SystemExit(f"--pairs must be labelled or scripted, not {pairs!r}")
+    files = f"{label_dir}/prefs_train.jsonl", f"{label_dir}/prefs_val.jsonl"
+    if not all(os.path.exists(f) for f in files):
+        raise SystemExit(f"no labelled pairs in {label_dir}: run `python label.py` first (it labels the SFT model's "
+                         f"responses), or train on the built-in task's scripted pairs with --pairs scripted")
+    return files
+
+
 # -----------------------------------------------------------------------------
 
 def show(n: int, seed: int) -> None:

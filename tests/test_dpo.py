@@ -177,7 +177,7 @@ def workdir(tmp_path_factory):
 
 
 TINY = ["--max_steps", "4", "--eval_interval", "2", "--batch_size", "4", "--n_eval", "4", "--n_val_pairs", "8",
-        "--max_new_tokens", "8"]
+        "--max_new_tokens", "8", "--pairs", "scripted"]
 
 
 def read_metrics(out):

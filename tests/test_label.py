@@ -48,7 +48,8 @@ def tiny(tmp_path_factory):
         wte[enc.eot_token, 1] = 2.8
         gpt.transformer.ln_f.weight.zero_()
         gpt.transformer.ln_f.bias.copy_(torch.eye(32)[0] + torch.eye(32)[1])
-    save_checkpoint(d / "sft.pt", {"model": gpt.state_dict(), "model_config": asdict(gpt.config), "tokenizer": tok})
+    save_checkpoint(d / "sft.pt", {"kind": "policy", "model": gpt.state_dict(), "model_config": asdict(gpt.config),
+                                   "tokenizer": tok})
     return d
 
 
@@ -101,12 +102,25 @@ def test_sets_are_drawn_once_and_split(tiny, sim2):
     assert meta["sampling"]["k"] == 2 and len(meta["sampling"]["sft_sha256"]) == 64
 
 
-def test_a_rerun_with_other_sampling_settings_stops(tiny, sim2):
-    out, _ = sim2
-    before = (out / "samples.jsonl").read_bytes()
-    with pytest.raises(SystemExit, match=r"drawn with other settings \(k 2 -> 3\)"):
-        label.main(args(tiny, "sim2", "--n_pairs", "30", "--k", "3"))
-    assert (out / "samples.jsonl").read_bytes() == before
+def test_a_rerun_with_other_sampling_settings_stops_where_a_person_answered(tiny, sim2):
+    out = samples_only(sim2[0], tiny / "rerun-human")
+    label.Answers(out).add(0, "train", label.preference_lines(lines(out / "samples.jsonl")[0], [1, 0], "human"))
+    before = {name: (out / name).read_bytes() for name in ("samples.jsonl", "prefs_train.jsonl")}
+    with pytest.raises(SystemExit, match=r"drawn with other settings \(k 2 -> 3\); a person's answers"):
+        label.main(args(tiny, "rerun-human", "--n_pairs", "30", "--k", "3"))
+    assert {name: (out / name).read_bytes() for name in before} == before
+
+
+def test_a_rerun_with_other_sampling_settings_draws_anew_where_only_simulated_raters_answered(tiny, sim2, sim3,
+                                                                                             capsys):
+    out = tiny / "rerun-sim"
+    shutil.copytree(sim2[0], out)
+    meta = label.main(args(tiny, "rerun-sim", "--n_pairs", "12", "--k", "3", "--val_every", "100"))
+    assert "drawing and labelling anew" in capsys.readouterr().out
+    assert meta["sampling"]["k"] == 3 and meta["counts"]["sets"] == 12
+    # the same answers as a run that started in an empty directory
+    assert lines(out / "prefs_train.jsonl") == lines(sim3[0] / "prefs_train.jsonl") != []
+    assert not (out / "prefs_val.jsonl").exists()
 
 
 # --- the simulated raters ---------------------------------------------------------------------------------

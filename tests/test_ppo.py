@@ -366,7 +366,7 @@ def test_smoke_through_the_command_line(tmp_path):
     run("sft.py", "--max_steps", "5", "--n_eval", "4", "--out_dir", "sft", "--n_layer", "1", "--n_embd", "32",
         "--batch_size", "64", "--max_new_tokens", "8")
     run("reward.py", "--sft_ckpt", "sft/ckpt.pt", "--out_dir", "rm", "--max_steps", "3", "--batch_size", "64",
-        "--n_norm", "4", "--max_new_tokens", "8")
+        "--n_norm", "4", "--max_new_tokens", "8", "--pairs", "scripted")
     stdout = run("ppo.py", "--sft_ckpt", "sft/ckpt.pt", "--reward_ckpt", "rm/ckpt.pt", "--out_dir", "ppo",
                  "--iterations", "2", "--rollout_batch", "4", "--minibatch", "2", "--ppo_epochs", "1",
                  "--max_new_tokens", "8", "--n_eval", "4", "--eval_interval", "1", "--adaptive_kl")

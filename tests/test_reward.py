@@ -178,10 +178,18 @@ def test_smoke_builtin_task_through_the_command_line(tmp_path):
     out = run("sft.py", "--max_steps", "3", "--n_layer", "1", "--n_embd", "32", "--batch_size", "4", "--n_eval", "4",
               "--max_new_tokens", "8")
     assert out.returncode == 0, out.stderr
-    out = run("reward.py", "--max_steps", "4", "--batch_size", "4", "--eval_interval", "2", "--n_norm", "8",
-              "--max_new_tokens", "8")
+    tiny = ["--max_steps", "4", "--batch_size", "4", "--eval_interval", "2", "--n_norm", "8", "--max_new_tokens", "8"]
+    # by default the pairs are label.py's: without them it says what to run
+    out = run("reward.py", *tiny)
+    assert out.returncode != 0 and "run `python label.py` first" in out.stderr
+    assert run("reward.py", *tiny, "--pairs", "scripted").returncode == 0
+    # label.py's files (here the scripted pairs, standing in) are what the default reads
+    (tmp_path / "out" / "label").mkdir()
+    for name in ("prefs_train.jsonl", "prefs_val.jsonl"):
+        (tmp_path / "out" / "label" / name).write_text((tmp_path / "out" / "data" / name).read_text())
+    out = run("reward.py", *tiny)
     assert out.returncode == 0, out.stderr
-    assert "agreement with the gold judge" in out.stdout
+    assert "out/label/prefs_train.jsonl: 10000 pairs" in out.stdout and "agreement with the gold judge" in out.stdout
     summary = common.load_checkpoint(tmp_path / "out" / "reward" / "ckpt.pt")["summary"]
     assert set(summary) >= {"val_loss", "val_accuracy", "val_reward_mean", "val_reward_std", "val_margin",
                             "val_gold_agreement", "raters_ceiling", "norm_bias"}
