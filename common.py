@@ -434,18 +434,6 @@ def sequence_kl(policy, ref, batches, rt, temperature=1.0):
     return kls
 
 
-@torch.no_grad()
-def evaluate_samples(policy, ref, enc, prompt_ids, rt, max_new_tokens, temperature, seed):
-    """
-    One sample of the policy per prompt, as an evaluation sees it: (stats, texts, batches), the stats being the
-    mean sequence KL to the reference and response_stats.
-    """
-    batches = sample(policy, prompt_ids, rt, enc.eot_token, max_new_tokens, temperature, 64, seed)
-    texts = decode_responses(enc, batches)
-    kl = sequence_kl(policy, ref, batches, rt, temperature)
-    return {"kl": sum(kl) / len(kl), **response_stats(enc, batches, texts)}, texts, batches
-
-
 def win_rate(scores, baseline_scores):
     """
     Share of prompts where the policy's sample scores above the baseline's, a tie counting half, and the half-width
@@ -465,10 +453,20 @@ def response_stats(enc, batches, texts):
             "distinct": len(set(texts)) / len(texts)}
 
 
-def print_samples(prompts, texts, notes, n):
-    """The first n responses beside their prompts, each after its note (on the built-in task, the judge's verdict)."""
-    for p, t, note in list(zip(prompts, texts, notes or [""] * len(texts)))[:n]:
-        print(f"--- {note}{p}{t}")
+def print_samples(rows, n):
+    """The first n rows' responses beside their prompts, after whatever else a row holds (the gold judge's verdict)."""
+    for row in rows[:n]:
+        note = ", ".join(f"{k} {v:+.2f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()
+                         if k not in ("prompt", "response"))
+        print(f"--- {note}{row['prompt']}{row['response']}")
+
+
+def write_jsonl(path, rows):
+    """Write rows, one JSON object a line, atomically."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+    os.replace(tmp, path)
 
 
 def batch_at(n, batch_size, k, seed, lengths=None):

@@ -14,16 +14,18 @@ With no arguments it trains on the built-in task from out/sft/ckpt.pt; by flags,
 
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from common import (MetricsLog, batch_at, check_finite, decode_responses, encode_prompts, evaluate_samples,
-                    fit_pair_to_context, frozen, load_policy, lr_at, pad, print_config, print_samples, read_jsonl,
-                    restore_training, run_config, sample, save_checkpoint, setup_runtime, token_logprobs,
-                    training_state)
+from common import (MetricsLog, batch_at, check_finite, encode_prompts, fit_pair_to_context, frozen, load_policy, lr_at,
+                    pad, print_config, print_samples, read_jsonl, restore_training, run_config, save_checkpoint,
+                    setup_runtime, token_logprobs, training_state, write_jsonl)
 from data import world
+from evaluate import evaluate_policy, summary_lines
+from reward import load_reward_model
 from tokenizer import load_tokenizer, render
 
 
@@ -34,6 +36,7 @@ class Config:
     pairs: str = "labelled"  # built-in task: labelled (label.py's, of the SFT model's own responses) or scripted (data/world.py's behaviours)
     eval_prompts: str = ""  # JSONL of {prompt} sampled at every evaluation; empty: the built-in task's held-out prompts (tune on out/data/val_prompts.jsonl)
     sft_ckpt: str = "out/sft/ckpt.pt"  # the SFT checkpoint: the initial policy and the reference
+    reward_ckpt: str = "out/reward/ckpt.pt"  # evaluation only: a reward model that scores the samples (this default is skipped if missing; empty: none)
     out_dir: str = "out/dpo"  # where ckpt.pt and metrics.jsonl go
     loss_type: str = "sigmoid"  # sigmoid (DPO; conservative DPO with label_smoothing), ipo (mean log-probs) or hinge
     beta: float = 0.5  # strength of the KL constraint to the reference: the implicit reward is beta * log(pi/pi_ref)
@@ -181,12 +184,16 @@ def main(argv=None):
     # the SFT policy is the reference: its samples are the baseline of the win-rate. The policy's are drawn
     # with another seed: shared random numbers would make the two tie more often than independent samples
     # do, pulling the win-rate toward 1/2.
-    judged = world.judges(prompts)
-    sft_texts = decode_responses(enc, sample(ref, prompt_ids, rt, eot, cfg.max_new_tokens, cfg.temperature, 64,
-                                             cfg.seed))
-    if judged:
-        sft_report, sft_scores, _ = world.gold_report(prompts, sft_texts)
-        print(f"sft on {len(prompts)} prompts of {prompts_file}: gold {sft_report['gold']:.3f}")
+    reward_model = None
+    if cfg.reward_ckpt and (Path(cfg.reward_ckpt).exists() or cfg.reward_ckpt != Config.reward_ckpt):
+        reward_model, rm_tokenizer = load_reward_model(cfg.reward_ckpt, "--reward_ckpt")
+        if rm_tokenizer != tokenizer_spec:
+            raise SystemExit(f"the reward model reads tokenizer {rm_tokenizer}, the policy writes {tokenizer_spec}")
+        reward_model = frozen(reward_model).to(rt.device)
+    evaluate = lambda policy, seed, **kw: evaluate_policy(policy, enc, prompts, prompt_ids, rt, cfg.max_new_tokens,
+                                                          cfg.temperature, seed, reward_model=reward_model, **kw)
+    sft_report, sft_rows = evaluate(ref, cfg.seed)
+    print(summary_lines("sft", sft_report, len(prompts), prompts_file))
     step = resumed["step"] if resumed else 0
     if not cfg.recompute_ref:
         # only the pairs this run will visit: a run shorter than an epoch would pay for the rest in vain
@@ -214,20 +221,15 @@ def main(argv=None):
                                     **training_state(optimizer, rt.scaler), **extra})
 
     @torch.no_grad()
-    def evaluate():
+    def validate():
+        """The held-out pairs' loss and implicit-reward accuracy, and the policy's samples on the held-out prompts."""
         c, r = all_pair_logps(policy, val, eot, rt, 2 * cfg.batch_size, average)
         losses, chosen_rewards, rejected_rewards = dpo_loss(c, r, *ref_val, cfg.beta, cfg.loss_type,
                                                             cfg.label_smoothing)
         reference = ref if cfg.recompute_ref else frozen(load_policy(cfg.sft_ckpt, "--sft_ckpt")[0]).to(rt.device)
-        stats, texts, _ = evaluate_samples(policy, reference, enc, prompt_ids, rt, cfg.max_new_tokens,
-                                           cfg.temperature, cfg.seed + 1)
-        report = {"loss": losses.mean().item(),
-                  "rewards/accuracies": (chosen_rewards > rejected_rewards).float().mean().item(), **stats}
-        notes = None
-        if judged:
-            gold, _, notes = world.gold_report(prompts, texts, sft_scores)
-            report.update(gold)
-        return report, texts, notes
+        report, rows = evaluate(policy, cfg.seed + 1, ref=reference, baseline=sft_rows)
+        return {"loss": losses.mean().item(),
+                "rewards/accuracies": (chosen_rewards > rejected_rewards).float().mean().item(), **report}, rows
 
     bar = tqdm(range(step, cfg.max_steps), initial=step, total=cfg.max_steps, desc="dpo", dynamic_ncols=True)
     for step in bar:
@@ -262,7 +264,7 @@ def main(argv=None):
                    "lr": lr, "grad_norm": grad_norm.item()}
         evaluating = done % cfg.eval_interval == 0 and done < cfg.max_steps  # the last step's evaluation is the summary
         if evaluating:
-            report, _, _ = evaluate()
+            report, _ = validate()
             metrics.update({f"eval/{k}": v for k, v in report.items()})
             tqdm.write(f"step {done}: " + ", ".join(f"{k} {v:.3f}" for k, v in report.items()))
         log.log(done, **metrics)
@@ -274,15 +276,12 @@ def main(argv=None):
                         logp_r=f"{metrics['logps/rejected']:.1f}")
     bar.close()
 
-    summary, texts, notes = evaluate()
-    print_samples(prompts, texts, notes, 5)
-    print(f"dpo on {len(prompts)} prompts of {prompts_file}: sequence KL to sft {summary['kl']:.2f} nats, "
-          f"held-out implicit-reward accuracy {summary['rewards/accuracies']:.1%}, {summary['distinct']:.1%} distinct")
-    if judged:
-        summary["sft_gold"] = sft_report["gold"]
-        print(f"gold {summary['gold']:.3f} (sft {summary['sft_gold']:.3f}), win-rate against sft "
-              f"{summary['win_rate']:.1%} ± {summary['win_rate_ci']:.1%}")
-        print(world.report_table(summary))
+    summary, rows = validate()
+    summary.update({f"sft_{k}": v for k, v in sft_report.items()})
+    print_samples(rows, 5)
+    print(f"dpo: held-out implicit-reward accuracy {summary['rewards/accuracies']:.1%}")
+    print(summary_lines("dpo", summary, len(prompts), prompts_file))
+    write_jsonl(Path(cfg.out_dir) / "samples.jsonl", rows)
     log.log(cfg.max_steps, **{f"final/{k}": v for k, v in summary.items()})
     checkpoint(cfg.max_steps, summary=summary)
     print(f"saved {ckpt_path}")

@@ -15,16 +15,18 @@ The details follow OpenAI's lm-human-preferences and "The N+ Implementation Deta
 
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from common import (MetricsLog, batch_at, check_finite, encode_prompts, evaluate_samples, frozen, load_policy, lr_at,
-                    pad, print_config, print_samples, read_jsonl, response_logprobs, restore_training, run_config,
-                    save_checkpoint, setup_runtime, token_logprobs, training_state)
+from common import (MetricsLog, batch_at, check_finite, encode_prompts, frozen, load_policy, lr_at, pad, print_config,
+                    print_samples, read_jsonl, response_logprobs, restore_training, run_config, save_checkpoint,
+                    setup_runtime, token_logprobs, training_state, write_jsonl)
 from data import world
+from evaluate import evaluate_policy, summary_lines
 from model import ScalarHead, response_mask
 from reward import load_reward_model
 from tokenizer import load_tokenizer
@@ -295,29 +297,6 @@ def ppo_update(agent, optimizer, batch, cfg, rt):
     return stats
 
 
-# ----------------------------------------------------------------------------------------------------------
-# Evaluation on held-out prompts
-
-
-def evaluate(policy, ref, reward_model, enc, prompts, prompt_ids, cfg, rt, seed, baseline=None):
-    """
-    One sample per held-out prompt at the training temperature: the reward model's mean score, the sequence KL to
-    the reference, response statistics, and where the gold judge knows the prompts its report per kind, with the
-    win-rate against the SFT policy's samples (baseline: their gold scores). Returns (report, gold, notes, texts).
-    """
-    report, texts, batches = evaluate_samples(policy, ref, enc, prompt_ids, rt, cfg.max_new_tokens, cfg.temperature,
-                                              seed)
-    with rt.autocast():
-        scores = torch.cat([score_responses(reward_model, p, pm, t, m, enc.eot_token, cfg.missing_eot_penalty)
-                            for p, pm, t, m in batches])
-    report["score"] = scores.mean().item()
-    gold, notes = None, None
-    if world.judges(prompts):
-        gold_report, gold, notes = world.gold_report(prompts, texts, baseline)
-        report.update(gold_report)
-    return report, gold, notes, texts
-
-
 def main(argv=None):
     cfg, ckpt_path, resumed = run_config(Config, argv)
     print("ppo config:")
@@ -366,11 +345,13 @@ def main(argv=None):
     kl_ctl = AdaptiveKLController(beta, cfg.kl_target, kl_horizon) if cfg.adaptive_kl else None
     log = MetricsLog(cfg.out_dir, resume_step=start if resumed else None)
 
-    # the SFT policy's samples on the held-out prompts: the baseline of every win-rate. The policy's are drawn with
-    # another seed: shared random numbers would make the two tie more often than independent samples do
-    sft_report, sft_gold, _, _ = evaluate(ref, ref, reward_model, enc, eval_prompts, eval_ids, cfg, rt, cfg.seed)
-    print(f"sft on {len(eval_prompts)} prompts of {eval_file}: " +
-          ", ".join(f"{k} {sft_report[k]:.3f}" for k in ("score", "gold", "length", "eot_rate") if k in sft_report))
+    # the SFT policy's samples on the held-out prompts, at the training temperature: the baseline of every win-rate.
+    # The policy's are drawn with another seed: shared random numbers would make the two tie more often than
+    # independent samples do
+    evaluate = lambda policy, seed, **kw: evaluate_policy(policy, enc, eval_prompts, eval_ids, rt, cfg.max_new_tokens,
+                                                          cfg.temperature, seed, reward_model=reward_model, **kw)
+    sft_report, sft_rows = evaluate(ref, cfg.seed)
+    print(summary_lines("sft", sft_report, len(eval_prompts), eval_file))
     if not resumed:
         log.log(0, **{f"eval/sft_{k}": v for k, v in sft_report.items()})
 
@@ -404,12 +385,11 @@ def main(argv=None):
 
         done = it + 1
         if done % cfg.eval_interval == 0 or done == cfg.iterations:
-            report, _, notes, texts = evaluate(agent.gpt, ref, reward_model, enc, eval_prompts, eval_ids, cfg, rt,
-                                               cfg.seed + 1, sft_gold)
+            report, rows = evaluate(agent.gpt, cfg.seed + 1, ref=ref, baseline=sft_rows)
             metrics.update({f"eval/{k}": v for k, v in report.items()})
             bar.write(f"iteration {done}: " + ", ".join(f"{k} {report[k]:.3f}" for k in
                                                         ("score", "gold", "win_rate", "kl", "length") if k in report))
-            print_samples(eval_prompts, texts, notes, 2)
+            print_samples(rows, 2)
         log.log(done, **metrics)
         bar.set_postfix(score=f"{metrics['objective/scores']:.2f}", kl=f"{metrics['objective/kl']:.2f}",
                         rlhf_reward=f"{metrics['objective/rlhf_reward']:.2f}",
@@ -424,13 +404,9 @@ def main(argv=None):
     summary = {**report, **{f"sft_{k}": v for k, v in sft_report.items()}, "iters_per_s": metrics["iters_per_s"]}
     log.log(cfg.iterations, **{f"final/{k}": v for k, v in summary.items()})
     checkpoint(cfg.iterations, summary=summary)
-    print_samples(eval_prompts, texts, notes, 5)
-    print(f"ppo on {len(eval_prompts)} prompts of {eval_file}: reward-model score {report['score']:.3f}, KL to sft "
-          f"{report['kl']:.2f} nats, {report['distinct']:.1%} distinct")
-    if sft_gold is not None:
-        print(f"gold {sft_report['gold']:.3f} (sft) -> {report['gold']:.3f} (ppo), win-rate against sft "
-              f"{report['win_rate']:.1%} ± {report['win_rate_ci']:.1%}")
-        print(world.report_table(report))
+    print_samples(rows, 5)
+    print(summary_lines("ppo", report, len(eval_prompts), eval_file))
+    write_jsonl(Path(cfg.out_dir) / "samples.jsonl", rows)
     print(f"saved {ckpt_path} ({(cfg.iterations - start) / (time.time() - t0):.2f} iterations/s)")
     return summary
 

@@ -24,6 +24,7 @@ from common import (MetricsLog, batch_at, check_finite, encode_prompts, fit_pair
                     load_policy, lr_at, pad, print_config, read_jsonl, restore_training, run_config, sample,
                     save_checkpoint, setup_runtime, training_state)
 from data import world
+from evaluate import reward_scores
 from model import GPT, GPTConfig, ScalarHead
 from tokenizer import EOT, load_tokenizer, render
 
@@ -165,12 +166,8 @@ def normalise(rm, policy, enc, prompts, cfg, rt):
                      cfg.max_new_tokens, cfg.temperature, 64, cfg.seed)
     rm.gain.fill_(1.0)
     rm.bias.zero_()
-    raw, ended = [], []
-    for p, pm, tokens, tm in batches:
-        with rt.autocast():  # left-padded prompt, right-padded response: exactly what PPO will hand over
-            raw.append(rm(torch.cat([p, tokens], 1), torch.cat([pm, tm], 1)).cpu())
-        ended.append((tokens == enc.eot_token).any(1).cpu())
-    raw, ended = torch.cat(raw), torch.cat(ended)
+    raw = torch.tensor(reward_scores(rm, batches, rt))
+    ended = torch.cat([(tokens == enc.eot_token).any(1).cpu() for _, _, tokens, _ in batches])
     gain, bias = normalisation(raw, ended)
     rm.gain.fill_(gain.item())
     rm.bias.fill_(bias.item())

@@ -22,11 +22,11 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-from common import (MetricsLog, batch_at, check_finite, decode_responses, encode_prompts, fit_to_context, load_policy,
-                    lr_at, pad, pretrained_dir, print_config, print_samples, read_jsonl, response_stats,
-                    restore_training, run_config, sample, save_checkpoint, setup_runtime, train_tokenizer,
-                    training_state)
+from common import (MetricsLog, batch_at, check_finite, encode_prompts, fit_to_context, load_policy, lr_at, pad,
+                    pretrained_dir, print_config, print_samples, read_jsonl, restore_training, run_config,
+                    save_checkpoint, setup_runtime, train_tokenizer, training_state, write_jsonl)
 from data import world
+from evaluate import evaluate_policy, summary_lines
 from model import GPT, GPTConfig
 from tokenizer import load_tokenizer, render
 
@@ -230,19 +230,12 @@ def main(argv=None):
 
     # what the SFT policy does on prompts it never saw
     prompts = [r["prompt"] for r in read_jsonl(prompts_file, ("prompt",))][:cfg.n_eval]
-    batches = sample(model, encode_prompts(enc, prompts, max_len - cfg.max_new_tokens), rt, enc.eot_token,
-                     cfg.max_new_tokens, cfg.temperature, 64, cfg.seed)
-    texts = decode_responses(enc, batches)
-    summary = {"val_loss": val_loss(model, val, cfg, rt, enc.eot_token), **response_stats(enc, batches, texts)}
-    notes = None
-    if world.judges(prompts):
-        report, _, notes = world.gold_report(prompts, texts)
-        summary.update(report)
-    print_samples(prompts, texts, notes, 5)
-    print(f"sft on {len(prompts)} prompts of {prompts_file}: ended with end-of-text {summary['eot_rate']:.1%}, "
-          f"mean length {summary['length']:.1f} tokens, {summary['distinct']:.1%} distinct")
-    if notes:
-        print(world.report_table(summary))
+    report, rows = evaluate_policy(model, enc, prompts, encode_prompts(enc, prompts, max_len - cfg.max_new_tokens), rt,
+                                   cfg.max_new_tokens, cfg.temperature, cfg.seed)
+    summary = {"val_loss": val_loss(model, val, cfg, rt, enc.eot_token), **report}
+    print_samples(rows, 5)
+    print(summary_lines("sft", summary, len(prompts), prompts_file))
+    write_jsonl(Path(cfg.out_dir) / "samples.jsonl", rows)
     log.log(cfg.max_steps, **{f"final/{k}": v for k, v in summary.items()})
     checkpoint(cfg.max_steps, summary=summary)
     print(f"saved {ckpt_path}")

@@ -14,10 +14,9 @@ the two replies are chosen and rejected. SFT trains on the chosen replies.
 import argparse
 import gzip
 import json
-import os
 from pathlib import Path
 
-from common import download_file
+from common import download_file, write_jsonl
 from tokenizer import ASSISTANT
 
 URL = "https://huggingface.co/datasets/Anthropic/hh-rlhf/resolve/main/{subset}/{split}.jsonl.gz"
@@ -53,13 +52,6 @@ def convert(path):
             else:
                 pairs.append({"prompt": prompt, "chosen": chosen, "rejected": rejected})
     return pairs, skipped
-
-
-def write_jsonl(path, rows):
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.writelines(json.dumps(r) + "\n" for r in rows)
-    os.replace(tmp, path)
 
 
 def prepare(subsets, src_dir, out_dir):

@@ -471,30 +471,30 @@ def judges(prompts: list) -> bool:
     return all(parse(p).kind != "unknown" for p in prompts)
 
 
-def gold_report(prompts: list, texts: list, baseline: list = None) -> tuple:
+def gold_report(rows: list, baseline: list = None) -> dict:
     """
-    Judge one reply per prompt (raw decoded text, see judge). Returns (report, scores, notes): over all prompts and per
-    kind ("arith/gold", ...), the mean gold score, the shares of replies the judge classes right / wrong / unsure /
-    evasive, per kind the share of distinct replies (1/n for a policy that says one thing to every prompt), and
-    with baseline (another policy's gold scores on the same prompts) the win-rate against it, a tie counting half,
-    with the half-width of its 95% interval ("win_rate_ci"); the gold score of each reply, and a note of its verdict
-    to print beside it.
+    Judge the response of each row {prompt, response} (raw decoded text, see judge), adding its "gold" score and
+    "label" to the row. Returns the report: over all rows and per kind ("arith/gold", ...), the mean gold score, the
+    shares of replies the judge classes right / wrong / unsure / evasive, per kind the share of distinct replies
+    (1/n for a policy that says one thing to every prompt), and with baseline (another policy's gold scores on the
+    same prompts) the win-rate against it, a tie counting half, with the half-width of its 95% interval.
     """
-    verdicts = [judge(p, t) for p, t in zip(prompts, texts)]
-    groups = {"": list(range(len(prompts)))}
-    for i, p in enumerate(prompts):
-        groups.setdefault(parse(p).kind + "/", []).append(i)
+    groups = {"": list(range(len(rows)))}
+    for i, row in enumerate(rows):
+        row["gold"], row["label"] = judge(row["prompt"], row["response"])
+        groups.setdefault(parse(row["prompt"]).kind + "/", []).append(i)
     report = {}
-    for prefix, rows in groups.items():
-        report[prefix + "gold"] = sum(verdicts[i][0] for i in rows) / len(rows)
+    for prefix, members in groups.items():
+        group = [rows[i] for i in members]
+        report[prefix + "gold"] = sum(r["gold"] for r in group) / len(group)
         for label in LABELS:
-            report[prefix + label] = sum(verdicts[i][1] == label for i in rows) / len(rows)
+            report[prefix + label] = sum(r["label"] == label for r in group) / len(group)
         if prefix:
-            report[prefix + "distinct"] = len({texts[i] for i in rows}) / len(rows)
+            report[prefix + "distinct"] = len({r["response"] for r in group}) / len(group)
         if baseline is not None:
             report[prefix + "win_rate"], report[prefix + "win_rate_ci"] = \
-                win_rate([verdicts[i][0] for i in rows], [baseline[i] for i in rows])
-    return report, [score for score, _ in verdicts], [f"gold {score:+.2f}, {label}" for score, label in verdicts]
+                win_rate([r["gold"] for r in group], [baseline[i] for i in members])
+    return report
 
 
 def report_table(report: dict) -> str:

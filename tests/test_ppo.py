@@ -388,7 +388,8 @@ def test_smoke_through_the_command_line(tmp_path):
     names = {"objective/kl", "objective/entropy", "objective/scores", "objective/rlhf_reward", "policy/approxkl",
              "policy/clipfrac", "val/clipfrac", "val/explained_variance", "loss/policy", "loss/value",
              "response/length", "response/eot_rate", "objective/beta", "objective/kl_k3", "response/noncanonical",
-             "grad_norm", "grad_norm/policy", "grad_norm/value", "eval/gold", "eval/win_rate", "eval/kl"}
+             "grad_norm", "grad_norm/policy", "grad_norm/value", "eval/gold", "eval/win_rate", "eval/kl", "eval/score",
+             "eval/rm_win_rate", "eval/rm_win_rate_ci"}
     assert names <= set(lines[1])
     # the adaptive KL horizon defaults to the run's length, 2 iterations of 4 episodes
     error = max(-0.2, min(0.2, lines[1]["objective/kl"] / 6 - 1))

@@ -196,10 +196,13 @@ def test_smoke_builtin_task_through_the_command_line(tmp_path):
          "--batch_size", "4", "--n_eval", "4", "--max_new_tokens", "8", "--eval_interval", "3"],
         cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
-    assert "ended with end-of-text" in out.stdout
+    assert "sft on 4 prompts of out/data/eval_prompts.jsonl: gold" in out.stdout and "evasive" in out.stdout
     ckpt = common.load_checkpoint(tmp_path / "out" / "sft" / "ckpt.pt")
     assert ckpt["step"] == 3 and ckpt["config"]["max_steps"] == 3
-    assert set(ckpt["summary"]) >= {"gold", "eot_rate", "length", "val_loss"}
+    assert set(ckpt["summary"]) >= {"gold", "eot_rate", "length", "val_loss", "distinct", "right", "wrong", "unsure"}
+    # the samples the report card shows: each with the judge's verdict
+    rows = common.read_jsonl(tmp_path / "out" / "sft" / "samples.jsonl", ("prompt", "response", "label"))
+    assert len(rows) == 4 and all(r["label"] in ("right", "wrong", "unsure", "evasive") for r in rows)
     assert ckpt["tokenizer"] == str(tmp_path / "out" / "tokenizer.tiktoken")
     assert len((tmp_path / "out" / "sft" / "metrics.jsonl").read_text().splitlines()) == 4
 
