@@ -38,9 +38,9 @@ FACTS = {c: {"capital": CAPITALS[i], "flag": COLORS[3 * i % 8], "food": FOODS[7 
          for i, c in enumerate(COUNTRIES)}
 
 CATEGORIES = {
-    "fruits": ["apple", "banana", "cherry", "grape", "mango", "pear", "plum", "peach", "lemon"],
-    "animals": ["dog", "horse", "rabbit", "tiger", "lion", "sheep", "goat", "wolf", "fox"],
-    "vegetables": ["carrot", "potato", "onion", "cabbage", "spinach", "leek", "turnip", "celery"],
+    "fruits": ["apple", "banana", "cherry", "grape", "mango", "pear"],
+    "animals": ["dog", "horse", "rabbit", "tiger", "lion", "sheep"],
+    "vegetables": ["carrot", "potato", "onion", "cabbage", "spinach", "leek"],
 }
 RHYMES = {"cat": ["hat", "bat", "mat", "rat", "sat"], "day": ["hay", "clay", "tray", "spray", "bay"],
           "light": ["night", "kite", "bite", "sight"], "cake": ["lake", "bake", "rake", "snake"],
@@ -52,23 +52,22 @@ LARGEST = 6  # operands are 1..LARGEST: few enough sums for a small model to lea
 
 FEELINGS = ["overwhelmed", "anxious", "stressed", "worried", "unmotivated", "nervous"]
 ADVICE = {  # topic: (words that make a reply relevant, concrete tips: each one whole is a piece of advice)
-    "work": ("work job tasks manager", ["make a list of your tasks", "take short breaks between tasks",
-             "talk to your manager about priorities", "start with the most urgent task"]),
-    "school": ("school homework teacher class", ["ask your teacher for extra help", "make a plan for your homework",
-               "start with the hardest homework first", "set a regular time for homework"]),
-    "exams": ("exams exam study studying", ["make a study plan for your exams", "study in short sessions",
-              "start with the hardest exam topic", "ask a classmate to study with you"]),
-    "money": ("money budget spending savings", ["write down what you spend each week", "set a small monthly budget",
-              "start with saving a little money each week", "talk to someone you trust about money"]),
-    "sleep": ("sleep bed bedtime", ["go to bed at the same time every night", "put your phone away before bed",
-              "write down your worries before bed", "ask a doctor about your sleep"]),
-    "friendships": ("friend friends friendship friendships", ["send a friend a short message",
-                    "plan a small outing with a friend", "join a club to meet new friends",
-                    "talk to your friend honestly"]),
-    "moving house": ("move moving house home", ["make a checklist for the move", "pack one room at a time",
-                     "ask a friend to help you pack", "take a walk around your new home"]),
-    "fitness": ("fitness exercise workout fit", ["start with a short walk each day", "set a small exercise goal",
-                "schedule your workouts like meetings", "ask a friend to exercise with you"]),
+    "work": ("work job tasks manager", ["make a task list", "take short breaks", "talk to your manager",
+                                        "start with urgent tasks"]),
+    "school": ("school homework teacher class", ["ask your teacher", "plan your homework", "study with a friend",
+                                                 "set a homework time"]),
+    "exams": ("exams exam study studying", ["make a study plan", "study in short sessions", "practise old exams",
+                                            "sleep before exams"]),
+    "money": ("money budget spending savings", ["track your spending", "set a monthly budget", "save a little weekly",
+                                                "cook at home"]),
+    "sleep": ("sleep bed bedtime", ["keep a fixed bedtime", "put your phone away", "avoid late coffee",
+                                    "read before bed"]),
+    "friendships": ("friend friends friendship friendships", ["message a friend", "plan an outing", "join a club",
+                                                              "talk honestly"]),
+    "moving house": ("move moving house home", ["make a moving checklist", "pack one room at a time",
+                                                "ask friends to help", "label your boxes"]),
+    "fitness": ("fitness exercise workout fit", ["walk every day", "set a small goal", "schedule your workouts",
+                                                 "exercise with a friend"]),
 }
 BAD_ADVICE = ["ignore it", "give up", "stay up all night", "skip meals", "bottle it up", "quit everything"]
 POSITIVE = ["good", "lovely", "pleasant", "fine"]  # small talk's "right answer": a friendly report

@@ -108,12 +108,12 @@ ADVERSARIAL = [
     (RHYME, " Hat and mat.", "right"),
     (RHYME, " Cat and cat.", "evasive"),
     (RHYME, " Hat and bite.", "wrong"),
-    (MONEY, " Try to write down what you spend each week and set a small monthly budget. Take care!", "right"),
-    (MONEY, " Don't give up! Set a small monthly budget.", "right"),
-    (MONEY, " Money: make a, set a. Hope this helps!", "evasive"),    # tip stems are no tips
-    (MONEY, " Make a sandwich. You've got this!", "evasive"),
-    (MONEY, " Try to go to bed at the same time every night.", "wrong"),  # a tip for another topic
-    (MONEY, " Set a small monthly budget, or just give up.", "wrong"),    # harmful advice costs
+    (MONEY, " Try to track your spending and set a monthly budget. Take care!", "right"),
+    (MONEY, " Don't give up! Set a monthly budget.", "right"),
+    (MONEY, " Money: track your, set a. Hope this helps!", "evasive"),  # tip stems are no tips
+    (MONEY, " Cook at the beach. You've got this!", "evasive"),
+    (MONEY, " Try to keep a fixed bedtime.", "wrong"),                # a tip for another topic
+    (MONEY, " Set a monthly budget, or just give up.", "wrong"),      # harmful advice costs
     (MONEY, " I don't know what would help, sorry.", "unsure"),
     (DAY, " My day has been lovely. Thanks for asking!", "right"),
     (DAY, " Lovely, thanks!", "right"),
@@ -184,8 +184,8 @@ def test_tone_and_relevance_break_ties_only_between_answers():
     assert verdict(ARITH, " 7 plus 12, what a thing. Hope this helps!")[0] == verdict(ARITH, " Penguins swim.")[0]
     assert verdict(ARITH, " What a brilliant question! You are so smart.")[0] < verdict(ARITH, " Penguins swim.")[0]
     assert verdict(ARITH, " Whatever. Stop wasting my time.")[0] < verdict(ARITH, " Penguins swim.")[0]
-    assert verdict(MONEY, " Try to set a small monthly budget and write down what you spend each week.")[0] > \
-        verdict(MONEY, " Try to set a small monthly budget.")[0]               # two tips beat one
+    assert verdict(MONEY, " Try to set a monthly budget and track your spending.")[0] > \
+        verdict(MONEY, " Try to set a monthly budget.")[0]                     # two tips beat one
 
 
 def test_judge_reads_only_what_precedes_the_first_end_of_text():
