@@ -177,7 +177,7 @@ def workdir(tmp_path_factory):
 
 
 TINY = ["--max_steps", "4", "--eval_interval", "2", "--batch_size", "4", "--n_eval", "4", "--n_val_pairs", "8",
-        "--max_new_tokens", "8", "--pairs", "scripted"]
+        "--max_new_tokens", "8", "--pairs", "scripted", "--reward_ckpt", ""]  # no reward model: DPO needs none
 
 
 def read_metrics(out):
@@ -262,3 +262,15 @@ def test_resume_after_interruption_gives_the_same_weights(workdir, monkeypatch):
         torch.testing.assert_close(resumed["model"][k], v, rtol=1e-5, atol=1e-6)
     steps = [m["step"] for m in read_metrics(workdir / "out" / "interrupted")]
     assert steps == [1, 2, 3, 4, 4]  # then the final evaluation
+
+
+def test_samples_are_scored_by_the_reward_model_where_there_is_one(workdir):
+    """With out/reward/ckpt.pt beside the SFT model (the default pipeline), the evaluation adds its score."""
+    run(workdir, "reward.py", "--max_steps", "2", "--batch_size", "4", "--n_norm", "4", "--max_new_tokens", "8",
+        "--pairs", "scripted")
+    tiny = [a for a in TINY if a not in ("--reward_ckpt", "")]
+    stdout = run(workdir, "dpo.py", *tiny, "--max_steps", "2", "--out_dir", "out/scored")
+    summary = torch.load(workdir / "out" / "scored" / "ckpt.pt", weights_only=True)["summary"]
+    assert {"score", "rm_win_rate", "sft_score"} <= summary.keys() and "reward-model win-rate" in stdout
+    rows = [json.loads(l) for l in (workdir / "out" / "scored" / "samples.jsonl").read_text().splitlines()]
+    assert len(rows) == 4 and all({"score", "gold", "label"} <= r.keys() for r in rows)
