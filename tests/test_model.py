@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from model import GPT, GPTConfig, ScalarHead, filter_logits, response_mask
+from model import GPT, GPTConfig, ScalarHead, filter_logits, response_mask, sample_token
 
 
 def tiny(seed=0, **kw):
@@ -226,3 +226,14 @@ def test_download_file_is_atomic(tmp_path):
     with pytest.raises(RuntimeError, match="put the file at"):
         download_file((tmp_path / "missing").as_uri(), tmp_path / "cache" / "other")
     assert not (tmp_path / "cache" / "other").exists()
+
+
+def test_sample_token_follows_the_distribution():
+    probs = torch.tensor([[0.0, 0.5, 0.3, 0.2, 0.0]]).repeat(40000, 1)
+    drawn = sample_token(probs, torch.Generator().manual_seed(0))
+    freq = torch.bincount(drawn, minlength=5) / len(drawn)
+    assert freq[0] == 0 and freq[4] == 0  # zero probability, at either end, is never drawn
+    torch.testing.assert_close(freq, probs[0], atol=0.01, rtol=0)
+    one_hot = torch.zeros(3, 5)
+    one_hot[:, [0, 2, 4]] = torch.eye(3)  # the tail of the cumulative sum is flat on either side
+    assert sample_token(one_hot, torch.Generator().manual_seed(0)).tolist() == [0, 2, 4]
