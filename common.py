@@ -328,14 +328,19 @@ def lr_at(step, max_steps, lr, warmup_steps, min_lr_ratio=0.1):
 def token_logprobs(logits, tokens, temperature=1.0):
     """log p(token) under softmax(logits / temperature); cross-entropy avoids materialising a full log-softmax."""
     logits = logits.float() / temperature
-    return -F.cross_entropy(logits.flatten(0, 1), tokens.flatten(), reduction="none").view(tokens.shape)
+    return -F.cross_entropy(logits.reshape(-1, logits.size(-1)), tokens.flatten(), reduction="none").view(tokens.shape)
 
 
 def response_logprobs(model, prompt, prompt_mask, response, resp_mask, temperature=1.0):
     """Per-token log-probs [B, T_resp] of responses that follow left-padded prompts; 0 outside resp_mask."""
-    ids = torch.cat([prompt, response], 1)
-    logits = model(ids, torch.cat([prompt_mask, resp_mask], 1))[:, prompt.size(1) - 1:-1]
-    return token_logprobs(logits, response, temperature) * resp_mask
+    real = resp_mask.bool()
+    # logits only where a response token is predicted (position t predicts token t+1): not over the prompt,
+    # nor the padding after an end-of-text
+    logits = model(torch.cat([prompt, response], 1), torch.cat([prompt_mask, resp_mask], 1),
+                   where=F.pad(real, (prompt.size(1) - 1, 1)))
+    logprobs = torch.zeros(response.shape, device=response.device)
+    logprobs[real] = token_logprobs(logits, response[real], temperature)
+    return logprobs
 
 
 @torch.no_grad()
