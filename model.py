@@ -164,7 +164,9 @@ class GPT(nn.Module):
             attn_mask = (k <= q) & attention_mask.bool()[:, None, :]
             # a padding query would see no key at all (softmax over nothing is NaN): let it see itself
             attn_mask = (attn_mask | (k == q))[:, None]  # [B, 1, T, T_past + T]
-        if int(pos.max()) >= self.config.block_size:
+        # positions never exceed the length, so only a padded sequence longer than the table needs the check,
+        # which would otherwise wait for the GPU on every forward (and break a compiled graph in two)
+        if past + T > self.config.block_size and int(pos.max()) >= self.config.block_size:
             raise ValueError(f"sequence of {int(pos.max()) + 1} tokens is longer than block_size {self.config.block_size}")
         x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
         for block in self.transformer.h:

@@ -116,6 +116,11 @@ def test_too_long_is_an_error():
         model(torch.zeros(1, 33, dtype=torch.long))
     with pytest.raises(ValueError, match="block_size"):
         model.generate(torch.zeros(1, 30, dtype=torch.long), None, 5, eot_id=0)
+    # positions count real tokens: a left-padded row wider than block_size fits if its real tokens do
+    mask = (torch.arange(40) >= 8).long()[None]
+    assert model(torch.zeros(1, 40, dtype=torch.long), mask).shape == (1, 40, 50)
+    with pytest.raises(ValueError, match="33 tokens is longer than block_size 32"):
+        model(torch.zeros(1, 40, dtype=torch.long), (torch.arange(40) >= 7).long()[None])
 
 
 def test_scalar_head_init():
