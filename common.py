@@ -93,7 +93,9 @@ def set_cpu_threads():
     core, makes every operation wait until the OS has run each of its threads; once other jobs share the cores
     that wait dominates the small operations of small models. On 2 cores with other jobs running (load 8-10),
     two threads against one took 2-8x as long for an SFT step of the default model, 7-12x for its sampling,
-    1.6-4x for an SFT step of bench.py's small model, and up to 300x for tiny ones.
+    1.6-4x for an SFT step of bench.py's small model, and up to 300x for tiny ones. A fixed number, rather than
+    one chosen from the machine's load, also keeps a seeded run reproducible: a sum split over two threads rounds
+    differently from one. On free cores, a larger model gains from more: OMP_NUM_THREADS=<cores>.
     """
     if "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(1)
