@@ -51,27 +51,57 @@ PEAK_FLOPS = [("H100 PCIe", 756e12), ("H100", 989e12), ("H200", 989e12), ("A100"
 
 def machine(rt):
     cpuinfo = Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []
-    cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), platform.processor())
+    names = [line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")]
+    cpu = names[0] if names else platform.processor()
     return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
             "device": torch.cuda.get_device_name(rt.device) if rt.device.type == "cuda" else "cpu"}
 
 
-def clock(rt):
-    if rt.device.type == "cuda":
-        torch.cuda.synchronize(rt.device)
-    return time.perf_counter()
+class Timer:
+    """
+    Times steps, and beside each the matmul rate of that moment: on a shared machine the rate moves with the
+    load, so each step is compared with the rate measured right after it, back to back.
+    """
+
+    def __init__(self, rt, warmup, steps, n):
+        self.rt, self.warmup, self.steps = rt, warmup, steps
+        self.a, self.b = (torch.randn(n, n, device=rt.device, dtype=rt.dtype) for _ in range(2))
+
+    def clock(self):
+        if self.rt.device.type == "cuda":
+            torch.cuda.synchronize(self.rt.device)
+        return time.perf_counter()
+
+    def matmul_rate(self, repeats=3):
+        """FLOP/s of the product of the two square matrices: the median of repeats products."""
+        times = []
+        for _ in range(repeats):
+            t0 = self.clock()
+            self.a @ self.b
+            times.append(self.clock() - t0)
+        return 2 * self.a.size(0) ** 3 / statistics.median(times)
+
+    def __call__(self, fn, warmup=None):
+        """[(seconds, matmul FLOP/s right after)] of self.steps calls of fn, after untimed warm-up calls."""
+        for _ in range(self.warmup if warmup is None else warmup):
+            fn()
+        times = []
+        for _ in range(self.steps):
+            t0 = self.clock()
+            fn()
+            times.append((self.clock() - t0, self.matmul_rate()))
+        return times
 
 
-def median_time(fn, rt, warmup, steps):
-    """Median seconds of fn() over steps calls, after warmup calls that are not counted."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(steps):
-        t0 = clock(rt)
-        fn()
-        times.append(clock(rt) - t0)
-    return statistics.median(times)
+def step_record(name, times, flops, amount=None, unit="s"):
+    """
+    A training step of `flops` model FLOPs: amount per second (without one, seconds), its model FLOP/s, and their
+    share of the matmul rate, each step against the rate measured right after it.
+    """
+    t = statistics.median(s for s, _ in times)
+    return {"name": name, "value": t if amount is None else amount / t, "unit": unit, "step_s": t,
+            "model_gflop_per_s": flops / t / 1e9,
+            "matmul_share": statistics.median(flops / s / rate for s, rate in times)}
 
 
 def pass_flops(cfg, n_seq, seq_len, n_logits):
@@ -103,56 +133,51 @@ def random_ids(n, length, cfg, g):
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Measurements: each returns records {name, value, unit, ...}; a training step's model FLOP/s, flop_per_s, becomes
-# a share of the matmul rate
+# Measurements: each takes the workload and a Timer, and returns records {name, value, unit, ...}
 
 
-def matmul(w, rt, warmup, steps):
-    n = w["matmul"]
-    a, b = (torch.randn(n, n, device=rt.device, dtype=rt.dtype) for _ in range(2))
-    t = median_time(lambda: a @ b, rt, warmup + 2, 4 * steps)
-    return [{"name": "matmul", "value": 2 * n ** 3 / t / 1e9, "unit": "GFLOP/s", "shape": [n, n],
-             "dtype": str(rt.dtype).removeprefix("torch.")}]
+def matmul(w, timer):
+    rate = statistics.median(timer.matmul_rate() for _ in range(3 * timer.steps))
+    return [{"name": "matmul", "value": rate / 1e9, "unit": "GFLOP/s", "shape": list(timer.a.shape),
+             "dtype": str(timer.a.dtype).removeprefix("torch.")}]
 
 
-def sft_step(w, rt, warmup, steps):
-    cfg, (n, length) = w["model"], w["sft"]
+def sft_step(w, timer):
+    cfg, (n, length), rt = w["model"], w["sft"], timer.rt
     model = GPT(cfg).to(rt.device).train()
     train_model = torch.compile(model) if w.get("compile") else model
     optimizer = model.configure_optimizers(0.1, 1e-4, (0.9, 0.95), rt.device.type)
     # every token trained: a plain language-modelling batch, the heaviest SFT step of this size
-    ids, loss_mask = sft.collate([(ids, [1] * length) for ids in random_ids(n, length, cfg, torch.Generator().manual_seed(0))],
-                                 0, rt.device)
+    rows = random_ids(n, length, cfg, torch.Generator().manual_seed(0))
+    ids, loss_mask = sft.collate([(row, [1] * length) for row in rows], 0, rt.device)
 
     def step():
         with rt.autocast():
             loss = sft.sft_loss(train_model, ids, loss_mask)
         optimizer_step(loss, model, optimizer, rt)
 
-    t = median_time(step, rt, warmup + (2 if w.get("compile") else 0), steps)
-    return [{"name": "sft_step", "value": n * length / t, "unit": "tokens/s", "step_s": t,
-             "flop_per_s": 3 * pass_flops(cfg, n, length, n * (length - 1)) / t}]
+    times = timer(step, timer.warmup + (2 if w.get("compile") else 0))  # compiling takes the first calls
+    return [step_record("sft_step", times, 3 * pass_flops(cfg, n, length, n * (length - 1)), n * length, "tokens/s")]
 
 
-def sampling(w, rt, warmup, steps, shape=None, temperature=1.0):
+def sampling(w, timer, shape=None, temperature=1.0, name="sampling"):
     """Generated tokens/s with the KV cache; every row runs to full length (its end-of-text id is never sampled)."""
-    cfg, (n, length, new) = w["model"], shape or w["sampling"]
+    cfg, (n, length, new), rt = w["model"], shape or w["sampling"], timer.rt
     model = frozen(GPT(cfg).to(rt.device))
     g = torch.Generator(rt.device).manual_seed(0)
     idx = torch.tensor(random_ids(n, length, cfg, torch.Generator().manual_seed(0)), device=rt.device)
-    mask = torch.ones_like(idx)
 
     def run():
         with rt.autocast():
-            model.generate(idx, mask, new, eot_id=cfg.vocab_size, temperature=temperature, generator=g)
+            model.generate(idx, torch.ones_like(idx), new, eot_id=cfg.vocab_size, temperature=temperature, generator=g)
 
-    t = median_time(run, rt, warmup, steps)
-    return [{"name": "sampling", "value": n * new / t, "unit": "tokens/s", "step_s": t, "shape": [n, length, new]}]
+    t = statistics.median(s for s, _ in timer(run))
+    return [{"name": name, "value": n * new / t, "unit": "tokens/s", "step_s": t, "shape": [n, length, new]}]
 
 
-def dpo_steps(w, rt, warmup, steps):
+def dpo_steps(w, timer):
     """A DPO step with the reference's log-probs precomputed (the default), and with them computed every step."""
-    cfg, (n, prompt, response) = w["model"], w["dpo"]
+    cfg, (n, prompt, response), rt = w["model"], w["dpo"], timer.rt
     policy = GPT(cfg).to(rt.device).train()
     ref = frozen(copy.deepcopy(policy))
     optimizer = policy.configure_optimizers(0.0, 1e-4, (0.9, 0.95), rt.device.type)
@@ -173,18 +198,16 @@ def dpo_steps(w, rt, warmup, steps):
         losses, _, _ = dpo.dpo_loss(policy_c, policy_r, ref_c, ref_r, beta=0.1)
         optimizer_step(losses.mean(), policy, optimizer, rt)
 
-    length, logits = prompt + response, 2 * n * response  # logits needed on the response tokens only
-    records = []
-    for recompute in (False, True) if w.get("dpo_ref_each_step") else (False,):
-        t = median_time(lambda: step(recompute), rt, warmup, steps)
-        records.append({"name": "dpo_step_ref_each_step" if recompute else "dpo_step", "value": n / t,
-                        "unit": "pairs/s", "step_s": t,
-                        "flop_per_s": (3 + recompute) * pass_flops(cfg, 2 * n, length, logits) / t})
+    # logits are needed on the response tokens only; the reference's forward counts when it runs every step
+    flops = pass_flops(cfg, 2 * n, prompt + response, 2 * n * response)
+    records = [step_record("dpo_step", timer(lambda: step(False)), 3 * flops, n, "pairs/s")]
+    if w.get("dpo_ref_each_step"):
+        records.append(step_record("dpo_step_ref_each_step", timer(lambda: step(True)), 4 * flops, n, "pairs/s"))
     return records
 
 
-def reward_step(w, rt, warmup, steps):
-    cfg, (n, prompt, response) = w["model"], w["reward"]
+def reward_step(w, timer):
+    cfg, (n, prompt, response), rt = w["model"], w["reward"], timer.rt
     rm = reward.RewardModel(cfg).to(rt.device).train()
     optimizer = rm.gpt.configure_optimizers(0.0, 1e-4, (0.9, 0.95), rt.device.type, extra_params=rm.head.parameters())
     g = torch.Generator().manual_seed(0)
@@ -197,16 +220,14 @@ def reward_step(w, rt, warmup, steps):
             loss = reward.preference_loss(chosen, rejected)
         optimizer_step(loss, rm, optimizer, rt)
 
-    t = median_time(step, rt, warmup, steps)
-    return [{"name": "reward_step", "value": n / t, "unit": "pairs/s", "step_s": t,
-             "flop_per_s": 3 * pass_flops(cfg, 2 * n, prompt + response, 0) / t}]
+    return [step_record("reward_step", timer(step), 3 * pass_flops(cfg, 2 * n, prompt + response, 0), n, "pairs/s")]
 
 
-def ppo_iteration(w, rt, warmup, steps):
+def ppo_iteration(w, timer):
     """One PPO iteration, 4 epochs of one minibatch, split into generation, scoring and the update."""
-    cfg, (n, prompt, new) = w["model"], w["ppo"]
+    cfg, (n, prompt, new), rt = w["model"], w["ppo"], timer.rt
     pcfg = ppo.Config(rollout_batch=n, minibatch=n, ppo_epochs=4, temperature=0.7, max_new_tokens=new)
-    agent = ppo.PolicyWithValue(GPT(cfg).to(rt.device)).to(rt.device).eval()
+    agent = ppo.PolicyWithValue(GPT(cfg)).to(rt.device).eval()
     ref = frozen(copy.deepcopy(agent.gpt))
     reward_model = frozen(reward.RewardModel(cfg).to(rt.device))
     optimizer = torch.optim.Adam(agent.parameters(), lr=1e-5, eps=1e-5)
@@ -215,26 +236,26 @@ def ppo_iteration(w, rt, warmup, steps):
     generation = []
 
     def timed_generate(*args, **kwargs):  # ppo.rollout calls agent.gpt.generate: its time is the generation
-        t0 = clock(rt)
+        t0 = timer.clock()
         out = GPT.generate(agent.gpt, *args, **kwargs)
-        generation.append(clock(rt) - t0)
+        generation.append(timer.clock() - t0)
         return out
 
     agent.gpt.generate = timed_generate
-    times = []
-    for i in range(warmup + steps):
-        t0 = clock(rt)
+    parts = []  # (generation, scoring, update, matmul rate right after)
+    for i in range(timer.warmup + timer.steps):
+        t0 = timer.clock()
         batch, _ = ppo.rollout(agent, ref, reward_model, prompts, 0.1, pcfg, rt, cfg.vocab_size, g)
-        t1 = clock(rt)
+        t1 = timer.clock()
         ppo.ppo_update(agent, optimizer, batch, pcfg, rt)
-        times.append((generation[-1], t1 - t0 - generation[-1], clock(rt) - t1))
-    gen, score, update = (statistics.median(x) for x in zip(*times[warmup:]))
-    total = statistics.median(sum(x) for x in times[warmup:])
-    return [{"name": "ppo_iteration", "value": total, "unit": "s"},
+        parts.append((generation[-1], t1 - t0 - generation[-1], timer.clock() - t1, timer.matmul_rate()))
+    parts = parts[timer.warmup:]
+    gen, score = (statistics.median(x) for x in list(zip(*parts))[:2])
+    return [{"name": "ppo_iteration", "value": statistics.median(sum(x[:3]) for x in parts), "unit": "s"},
             {"name": "ppo_generation", "value": gen, "unit": "s", "tokens_per_s": n * new / gen},
             {"name": "ppo_scoring", "value": score, "unit": "s"},
-            {"name": "ppo_update", "value": update, "unit": "s",
-             "flop_per_s": pcfg.ppo_epochs * 3 * pass_flops(cfg, n, prompt + new, n * new) / update}]
+            step_record("ppo_update", [(u, rate) for _, _, u, rate in parts],
+                        pcfg.ppo_epochs * 3 * pass_flops(cfg, n, prompt + new, n * new))]
 
 
 @torch.no_grad()
@@ -247,22 +268,19 @@ def generate_without_cache(model, idx, mask, max_new_tokens, temperature, genera
     return idx[:, -max_new_tokens:]
 
 
-def rollout_generation(w, rt, warmup, steps):
+def rollout_generation(w, timer):
     """PPO's rollout sampling with the KV cache, against recomputing the whole sequence for each new token."""
-    cfg, (n, length, new) = w["model"], w["rollout"]
-    cached = sampling(w, rt, warmup, steps, w["rollout"], temperature=0.7)[0]
+    cfg, (n, length, new), rt = w["model"], w["rollout"], timer.rt
+    cached = sampling(w, timer, w["rollout"], temperature=0.7, name="rollout_generation")[0]
     model = frozen(GPT(cfg).to(rt.device))
     idx = torch.tensor(random_ids(n, length, cfg, torch.Generator().manual_seed(0)), device=rt.device)
     g = torch.Generator(rt.device).manual_seed(0)
-
-    def run():
-        with rt.autocast():
-            generate_without_cache(model, idx, torch.ones_like(idx), new, 0.7, g)
-
-    t = median_time(run, rt, min(warmup, 1), 1)
-    return [{**cached, "name": "rollout_generation"},
-            {"name": "rollout_generation_recomputed", "value": n * new / t, "unit": "tokens/s", "step_s": t,
-             "kv_cache_speedup": cached["value"] / (n * new / t)}]
+    with rt.autocast():
+        t0 = timer.clock()
+        generate_without_cache(model, idx, torch.ones_like(idx), new, 0.7, g)  # once: it is the slow one
+        t = timer.clock() - t0
+    return [cached, {"name": "rollout_generation_recomputed", "value": n * new / t, "unit": "tokens/s", "step_s": t,
+                     "kv_cache_speedup": cached["value"] / (n * new / t)}]
 
 
 MEASUREMENTS = {"matmul": matmul, "sft": sft_step, "sampling": sampling, "rollout": rollout_generation,
@@ -289,24 +307,18 @@ def main(argv=None):
     if args.threads:
         torch.set_num_threads(args.threads)
     about = machine(rt)
+    timer = Timer(rt, args.warmup, args.steps, w["matmul"])
+    peak = next((flops for name, flops in PEAK_FLOPS if name in about["device"]), None)
     names = [k for k in MEASUREMENTS if k in w]
     bar = tqdm(names, desc=f"bench {args.workload}", dynamic_ncols=True, file=sys.stderr)
-    rate = None
     for name in bar:
         bar.set_postfix_str(name)
         if rt.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(rt.device)
         torch.manual_seed(0)
-        for record in MEASUREMENTS[name](w, rt, args.warmup, args.steps):
-            if name == "matmul":
-                rate = record["value"] * 1e9
-            if "flop_per_s" in record:
-                flops = record.pop("flop_per_s")
-                record["model_gflop_per_s"] = flops / 1e9
-                record["matmul_share"] = flops / rate
-                peak = next((v for k, v in PEAK_FLOPS if k in about["device"]), None)
-                if peak:
-                    record["mfu"] = flops / peak
+        for record in MEASUREMENTS[name](w, timer):
+            if peak and "model_gflop_per_s" in record:
+                record["mfu"] = record["model_gflop_per_s"] * 1e9 / peak
             if rt.device.type == "cuda":
                 record["peak_memory_gib"] = torch.cuda.max_memory_allocated(rt.device) / 2 ** 30
             record = {k: round(v, 4) if isinstance(v, float) else v for k, v in record.items()}
