@@ -90,11 +90,27 @@ class Runtime:
         return torch.autocast(self.device.type, dtype=self.dtype)
 
 
+def set_cpu_threads():
+    """
+    One CPU thread for torch, unless OMP_NUM_THREADS asks for another number. torch's default, a thread per
+    core, makes every operation wait until the OS has run each of its threads; once other jobs share the cores
+    that wait dominates the small operations of small models. On 2 cores with other jobs running (load 8-10),
+    two threads against one took 2-8x as long for an SFT step of the default model, 7-12x for its sampling,
+    1.6-4x for an SFT step of bench.py's small model, and up to 300x for tiny ones. A fixed number, rather than
+    one chosen from the machine's load, also keeps a seeded run reproducible: a sum split over two threads rounds
+    differently from one. On free cores, a larger model gains from more: OMP_NUM_THREADS=<cores>.
+    """
+    if "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(1)
+
+
 def setup_runtime(device="auto", dtype="auto", seed=0):
     """
     CUDA when present (bf16 autocast where supported, else fp16 with a gradient scaler; TF32), else CPU fp32.
     Under torchrun, joins the process group (NCCL on CUDA, gloo on CPU) and takes the GPU of its local rank.
+    CPU threads: see set_cpu_threads.
     """
+    set_cpu_threads()
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     rank, world_size = 0, 1
@@ -385,14 +401,19 @@ def lr_at(step, max_steps, lr, warmup_steps, min_lr_ratio=0.1):
 def token_logprobs(logits, tokens, temperature=1.0):
     """log p(token) under softmax(logits / temperature); cross-entropy avoids materialising a full log-softmax."""
     logits = logits.float() / temperature
-    return -F.cross_entropy(logits.flatten(0, 1), tokens.flatten(), reduction="none").view(tokens.shape)
+    return -F.cross_entropy(logits.reshape(-1, logits.size(-1)), tokens.flatten(), reduction="none").view(tokens.shape)
 
 
 def response_logprobs(model, prompt, prompt_mask, response, resp_mask, temperature=1.0):
     """Per-token log-probs [B, T_resp] of responses that follow left-padded prompts; 0 outside resp_mask."""
-    ids = torch.cat([prompt, response], 1)
-    logits = model(ids, torch.cat([prompt_mask, resp_mask], 1))[:, prompt.size(1) - 1:-1]
-    return token_logprobs(logits, response, temperature) * resp_mask
+    real = resp_mask.bool()
+    # logits only where a response token is predicted (position t predicts token t+1): not over the prompt,
+    # nor the padding after an end-of-text
+    logits = model(torch.cat([prompt, response], 1), torch.cat([prompt_mask, resp_mask], 1),
+                   where=F.pad(real, (prompt.size(1) - 1, 1)))
+    logprobs = torch.zeros(response.shape, device=response.device)
+    logprobs[real] = token_logprobs(logits, response[real], temperature)
+    return logprobs
 
 
 @torch.no_grad()

@@ -6,7 +6,7 @@ import torch
 
 import dpo
 import reward
-from common import batch_at, fit_pair_to_context, load_policy, save_checkpoint
+from common import batch_at, fit_pair_to_context, load_policy, response_logprobs, save_checkpoint
 from model import GPT, GPTConfig
 from reward import RewardModel, load_reward_model
 
@@ -90,3 +90,17 @@ def test_length_grouped_batches_cover_each_epoch_once_and_pad_little():
     # the batches of an epoch come in a shuffled order of lengths, not sorted
     means = [lengths[b].float().mean().item() for b in batches]
     assert means != sorted(means)
+
+
+def test_response_logprobs_are_those_of_the_full_forward():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=16, vocab_size=20, n_layer=2, n_head=2, n_embd=16)).eval()
+    prompt = torch.tensor([[0, 0, 5, 6], [7, 8, 9, 10]])
+    prompt_mask = (prompt != 0).long()
+    response = torch.tensor([[11, 12, 1, 1], [13, 1, 1, 1]])  # 1 ends a response; after it, padding
+    resp_mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]])
+    logp = response_logprobs(model, prompt, prompt_mask, response, resp_mask, temperature=0.7)
+    logits = model(torch.cat([prompt, response], 1), torch.cat([prompt_mask, resp_mask], 1))[:, 3:-1]
+    full = torch.log_softmax(logits / 0.7, -1).gather(2, response[..., None]).squeeze(2)
+    torch.testing.assert_close(logp, full * resp_mask)
+    assert (logp[resp_mask == 0] == 0).all() and (logp[resp_mask == 1] < 0).all()

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from common import download_file, pretrained_dir
-from model import GPT, GPTConfig, ScalarHead, filter_logits, response_mask
+from model import GPT, GPTConfig, ScalarHead, filter_logits, response_mask, sample_token
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -121,6 +121,11 @@ def test_too_long_is_an_error():
         model(torch.zeros(1, 33, dtype=torch.long))
     with pytest.raises(ValueError, match="block_size"):
         model.generate(torch.zeros(1, 30, dtype=torch.long), None, 5, eot_id=0)
+    # positions count real tokens: a left-padded row wider than block_size fits if its real tokens do
+    mask = (torch.arange(40) >= 8).long()[None]
+    assert model(torch.zeros(1, 40, dtype=torch.long), mask).shape == (1, 40, 50)
+    with pytest.raises(ValueError, match="33 tokens is longer than block_size 32"):
+        model(torch.zeros(1, 40, dtype=torch.long), (torch.arange(40) >= 7).long()[None])
 
 
 def test_scalar_head_init():
@@ -253,3 +258,14 @@ def test_download_file_is_atomic(tmp_path):
     with pytest.raises(RuntimeError, match="put the file at"):
         download_file((tmp_path / "missing").as_uri(), tmp_path / "cache" / "other")
     assert not (tmp_path / "cache" / "other").exists()
+
+
+def test_sample_token_follows_the_distribution():
+    probs = torch.tensor([[0.0, 0.5, 0.3, 0.2, 0.0]]).repeat(40000, 1)
+    drawn = sample_token(probs, torch.Generator().manual_seed(0))
+    freq = torch.bincount(drawn, minlength=5) / len(drawn)
+    assert freq[0] == 0 and freq[4] == 0  # zero probability, at either end, is never drawn
+    torch.testing.assert_close(freq, probs[0], atol=0.01, rtol=0)
+    one_hot = torch.zeros(3, 5)
+    one_hot[:, [0, 2, 4]] = torch.eye(3)  # the tail of the cumulative sum is flat on either side
+    assert sample_token(one_hot, torch.Generator().manual_seed(0)).tolist() == [0, 2, 4]

@@ -1,0 +1,58 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+import bench
+from model import GPT, GPTConfig
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_quick_small_through_the_command_line():
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    out = subprocess.run([sys.executable, str(ROOT / "bench.py"), "small", "--quick"], capture_output=True, text=True,
+                         timeout=300, env=env)
+    assert out.returncode == 0, out.stderr
+    records = [json.loads(line) for line in out.stdout.splitlines()]
+    assert [r["name"] for r in records] == ["matmul", "sft_step", "sampling", "dpo_step", "dpo_step_ref_each_step",
+                                            "reward_step", "ppo_iteration", "ppo_generation", "ppo_scoring",
+                                            "ppo_update"]
+    for r in records:
+        assert r["value"] > 0 and r["unit"] and r["workload"] == "small --quick"
+        assert set(r["machine"]) == {"cpu", "cores", "torch", "threads", "device"}
+        assert r["machine"]["threads"] == 1 and r["machine"]["device"] == "cpu"  # common.set_cpu_threads
+    steps = [r for r in records if "matmul_share" in r]
+    assert [r["name"] for r in steps] == ["sft_step", "dpo_step", "dpo_step_ref_each_step", "reward_step", "ppo_update"]
+    assert all(r["matmul_share"] > 0 and r["model_gflop_per_s"] > 0 for r in steps)
+    ppo = {r["name"]: r["value"] for r in records if r["name"].startswith("ppo_")}
+    # one step each: the parts add up to the whole
+    assert abs(ppo["ppo_generation"] + ppo["ppo_scoring"] + ppo["ppo_update"] - ppo["ppo_iteration"]) < 1e-3
+
+
+def test_gpt2_needs_cuda():
+    if torch.cuda.is_available():
+        return
+    out = subprocess.run([sys.executable, str(ROOT / "bench.py"), "gpt2"], capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0 and "needs a CUDA GPU" in out.stderr and not out.stdout
+
+
+def test_pass_flops_counts_each_matmul():
+    cfg = GPTConfig(block_size=8, vocab_size=10, n_layer=1, n_head=1, n_embd=2)
+    # 12 d² weights = 48, times 2 FLOPs, times 3 sequences of 4 tokens; attention 4 d per key seen (1+2+3+4 keys);
+    # the vocabulary projection 2 d V at 5 positions
+    assert bench.pass_flops(cfg, 3, 4, 5) == 2 * 48 * 12 + 4 * 2 * 3 * 10 + 2 * 2 * 10 * 5
+
+
+def test_generation_without_cache_samples_what_generate_samples():
+    """The baseline the KV cache is compared against draws the same tokens from the same random numbers."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=32, vocab_size=50, n_layer=2, n_head=2, n_embd=16)).eval()
+    idx = torch.randint(1, 50, (3, 5))
+    mask = torch.ones_like(idx)
+    cached, _ = model.generate(idx, mask, 8, eot_id=50, temperature=0.7, generator=torch.Generator().manual_seed(1))
+    recomputed = bench.generate_without_cache(model, idx, mask, 8, 0.7, torch.Generator().manual_seed(1))
+    assert torch.equal(cached, recomputed)
