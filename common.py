@@ -119,6 +119,67 @@ def setup_runtime(device="auto", dtype="auto", seed=0):
 
 
 # ----------------------------------------------------------------------------------------------------------
+# Several processes (torchrun): each runs the same script on its slice of every batch
+
+
+@contextlib.contextmanager
+def master_first(rt):
+    """The master runs the block before the other processes do: what it writes there (data, a tokenizer), they read."""
+    if not rt.master:
+        dist.barrier()
+    yield
+    if rt.master and rt.world_size > 1:
+        dist.barrier()
+
+
+def check_split(batch_size, flag, rt):
+    if batch_size < rt.world_size:
+        raise SystemExit(f"{flag} {batch_size} is smaller than the {rt.world_size} processes, which each take a slice "
+                         f"of every batch: give at least {rt.world_size}, or run fewer processes")
+
+
+def all_sum(x):
+    """The tensor x summed over the processes (a copy of x in one process)."""
+    x = x.clone()
+    if dist.is_initialized():
+        dist.all_reduce(x)
+    return x
+
+
+def all_mean(stats, device):
+    """
+    Each number of a dict averaged over the processes: the mean over a whole batch of means that each process took
+    over an equal share of its rows. In one process, the dict unchanged.
+    """
+    if not dist.is_initialized():
+        return stats
+    means = all_sum(torch.tensor(list(stats.values()), dtype=torch.float64, device=device)) / dist.get_world_size()
+    return dict(zip(stats, means.tolist()))
+
+
+def all_gather_rows(x):
+    """The rows of every process's x [n, ...], concatenated in rank order; n may differ between processes."""
+    if not dist.is_initialized():
+        return x
+    n = torch.tensor([len(x)], device=x.device)
+    counts = [torch.empty_like(n) for _ in range(dist.get_world_size())]
+    dist.all_gather(counts, n)
+    padded = torch.cat([x, x.new_zeros(int(max(counts)) - len(x), *x.shape[1:])])  # all_gather wants equal sizes
+    parts = [torch.empty_like(padded) for _ in counts]
+    dist.all_gather(parts, padded)
+    return torch.cat([part[:int(count)] for part, count in zip(parts, counts)])
+
+
+def all_gather_objects(obj):
+    """[obj of each process], in rank order ([obj] in one process)."""
+    if not dist.is_initialized():
+        return [obj]
+    objects = [None] * dist.get_world_size()
+    dist.all_gather_object(objects, obj)
+    return objects
+
+
+# ----------------------------------------------------------------------------------------------------------
 # Checkpoints
 
 
