@@ -262,3 +262,34 @@ def test_resume_after_interruption_gives_the_same_weights(workdir, monkeypatch):
         torch.testing.assert_close(resumed["model"][k], v, rtol=1e-5, atol=1e-6)
     steps = [m["step"] for m in read_metrics(workdir / "out" / "interrupted")]
     assert steps == [1, 2, 3, 4, 4]  # then the final evaluation
+
+
+def test_fsdp_on_two_torchrun_processes_equals_one_and_one_process_resumes_it(workdir, tmp_path):
+    """
+    FSDP on CPU (gloo): each process takes half of every batch and computes half of the reference's log-probs; the
+    losses and weights match one process. Its checkpoint is a whole one, which a single process resumes.
+    """
+    args = TINY + own_jsonl(tmp_path) + ["--sft_ckpt", str(workdir / "out" / "sft" / "ckpt.pt")]
+    dpo.main(args + ["--out_dir", str(tmp_path / "one")])
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          str(ROOT / "dpo.py"), *args, "--out_dir", str(tmp_path / "fsdp"), "--fsdp"],
+                         capture_output=True, text=True, timeout=300)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert two.stdout.count("saved") == 1  # the master alone reports and writes
+    one, fsdp = read_metrics(tmp_path / "one"), read_metrics(tmp_path / "fsdp")
+    for key in ("loss", "rewards/margins", "rewards/accuracies", "logps/chosen", "grad_norm"):
+        assert [m[key] for m in fsdp[:4]] == pytest.approx([m[key] for m in one[:4]], abs=1e-4), key
+    assert one[0]["loss"] == pytest.approx(math.log(2), abs=1e-6)  # the gathered reference lines up with its pairs
+    assert fsdp[1]["eval/rewards/accuracies"] == one[1]["eval/rewards/accuracies"]  # the master evaluated
+
+    def weights(run):
+        return torch.load(tmp_path / run / "ckpt.pt", weights_only=True)["model"]
+
+    for k, v in weights("one").items():
+        torch.testing.assert_close(weights("fsdp")[k], v, atol=1e-5, rtol=1e-4)
+    # two more steps from each checkpoint, in one process: the optimizer's state went across too
+    for run in ("one", "fsdp"):
+        dpo.main(["--out_dir", str(tmp_path / run), "--resume", "--max_steps", "6"])
+    for k, v in weights("one").items():
+        torch.testing.assert_close(weights("fsdp")[k], v, atol=1e-5, rtol=1e-4)
+
