@@ -136,6 +136,16 @@ def master_first(rt):
         dist.barrier()
 
 
+def leave_processes(rt):
+    """
+    Leave the process group at the end of a run. A barrier first: gloo's worker threads may still be releasing the
+    tensors of the last collective, which needs the GIL, and destroying the group holds it while it waits for them.
+    """
+    if rt.world_size > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def check_split(batch_size, flag, rt):
     if batch_size < rt.world_size:
         raise SystemExit(f"{flag} {batch_size} is smaller than the {rt.world_size} processes, which each take a slice "

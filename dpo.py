@@ -16,14 +16,13 @@ import time
 from dataclasses import asdict, dataclass
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
 from common import (MetricsLog, all_gather_rows, all_sum, batch_at, check_finite, check_split, decode_responses,
-                    encode_prompts, evaluate_samples, fit_pair_to_context, frozen, load_policy, lr_at, master_first,
-                    pad, parallelize, print_config, print_samples, read_jsonl, restore_training, run_config, sample,
-                    save_checkpoint, setup_runtime, token_logprobs, training_state, whole)
+                    encode_prompts, evaluate_samples, fit_pair_to_context, frozen, leave_processes, load_policy, lr_at,
+                    master_first, pad, parallelize, print_config, print_samples, read_jsonl, restore_training,
+                    run_config, sample, save_checkpoint, setup_runtime, token_logprobs, training_state, whole)
 from data import world
 from tokenizer import load_tokenizer, render
 
@@ -303,8 +302,7 @@ def main(argv=None):
     bar.close()
     final = training_state(policy, optimizer, rt.scaler)
     policy = whole(policy, replica)  # from here the master goes on alone
-    if rt.world_size > 1:
-        dist.destroy_process_group()
+    leave_processes(rt)
     if not rt.master:
         return None
 

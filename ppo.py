@@ -17,15 +17,14 @@ import time
 from dataclasses import asdict, dataclass
 
 import torch
-import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
 from common import (MetricsLog, all_gather_objects, all_mean, all_sum, batch_at, check_finite, encode_prompts,
-                    evaluate_samples, frozen, load_policy, lr_at, master_first, pad, parallelize, print_config,
-                    print_samples, read_jsonl, response_logprobs, restore_training, run_config, save_checkpoint,
-                    setup_runtime, token_logprobs, training_state, whole)
+                    evaluate_samples, frozen, leave_processes, load_policy, lr_at, master_first, pad, parallelize,
+                    print_config, print_samples, read_jsonl, response_logprobs, restore_training, run_config,
+                    save_checkpoint, setup_runtime, token_logprobs, training_state, whole)
 from data import world
 from model import ScalarHead, response_mask
 from reward import load_reward_model
@@ -463,8 +462,7 @@ def main(argv=None):
             checkpoint(done, gathered_state())
     bar.close()
     final = gathered_state()
-    if rt.world_size > 1:
-        dist.destroy_process_group()
+    leave_processes(rt)
     if not rt.master:
         return None
 

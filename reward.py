@@ -16,15 +16,14 @@ import time
 from dataclasses import asdict, dataclass
 
 import torch
-import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
 from common import (MetricsLog, all_gather_rows, all_sum, batch_at, check_finite, check_split, encode_prompts,
-                    fit_pair_to_context, load_checkpoint, load_policy, lr_at, master_first, pad, parallelize,
-                    print_config, read_jsonl, restore_training, run_config, sample, save_checkpoint, setup_runtime,
-                    training_state, whole)
+                    fit_pair_to_context, leave_processes, load_checkpoint, load_policy, lr_at, master_first, pad,
+                    parallelize, print_config, read_jsonl, restore_training, run_config, sample, save_checkpoint,
+                    setup_runtime, training_state, whole)
 from data import world
 from model import GPT, GPTConfig, ScalarHead
 from tokenizer import EOT, load_tokenizer, render
@@ -282,8 +281,7 @@ def main(argv=None):
     rm.bias.copy_(scorer.bias)
     final = training_state(rm, optimizer, rt.scaler)
     rm = scorer  # from here the master goes on alone
-    if rt.world_size > 1:
-        dist.destroy_process_group()
+    leave_processes(rt)
     if not rt.master:
         return None
     summary = {**evaluate(rm, val, cfg, rt, enc.eot_token, gold), "norm_gain": rm.gain.item(),

@@ -22,9 +22,9 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from common import (MetricsLog, all_sum, batch_at, check_finite, check_split, decode_responses, encode_prompts,
-                    fit_to_context, load_policy, lr_at, master_first, pad, parallelize, pretrained_dir, print_config,
-                    print_samples, read_jsonl, response_stats, restore_training, run_config, sample, save_checkpoint,
-                    setup_runtime, train_tokenizer, training_state, whole)
+                    fit_to_context, leave_processes, load_policy, lr_at, master_first, pad, parallelize, pretrained_dir,
+                    print_config, print_samples, read_jsonl, response_stats, restore_training, run_config, sample,
+                    save_checkpoint, setup_runtime, train_tokenizer, training_state, whole)
 from data import world
 from model import GPT, GPTConfig
 from tokenizer import load_tokenizer, render
@@ -220,8 +220,7 @@ def main(argv=None):
     bar.close()
     final = training_state(model, optimizer, rt.scaler)
     model = whole(model, replica)  # from here the master goes on alone: under FSDP, with a whole copy of the model
-    if rt.world_size > 1:
-        dist.destroy_process_group()
+    leave_processes(rt)
     if not rt.master:
         return None
 

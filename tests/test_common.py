@@ -109,7 +109,7 @@ def collectives(rank, port, out):
     torch.save({"seen": seen, "rows": common.all_gather_rows(rows), "sum": common.all_sum(torch.tensor(rank + 1.0)),
                 "mean": common.all_mean({"x": 1.0 + rank}, rt.device),
                 "objects": common.all_gather_objects(f"rank {rank}")}, out / f"{rank}.pt")
-    torch.distributed.destroy_process_group()
+    common.leave_processes(rt)
 
 
 def test_helpers_for_several_processes(tmp_path):

@@ -327,8 +327,7 @@ def rollout_and_update(rank, world_size, port, out):
     train_agent, _ = common.parallelize(agent, rt)
     steps = ppo.ppo_update(agent, torch.optim.Adam(agent.parameters(), lr=cfg.lr), batch, cfg, rt, train_agent)
     torch.save({"batch": batch, "stats": stats, "steps": steps, "weights": agent.state_dict()}, out / f"{rank}.pt")
-    if world_size > 1:
-        torch.distributed.destroy_process_group()
+    common.leave_processes(rt)
 
 
 def test_two_processes_reproduce_the_statistics_and_the_update_of_one(tmp_path):
