@@ -6,6 +6,7 @@ the stage files.
 
 import argparse
 import contextlib
+import copy
 import dataclasses
 import inspect
 import json
@@ -22,8 +23,11 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_optimizer_state_dict,
+                                                     set_model_state_dict, set_optimizer_state_dict)
+from torch.nn.parallel import DistributedDataParallel as DDP
 
-from model import GPT, GPTConfig, response_mask
+from model import GPT, Block, GPTConfig, response_mask
 from tokenizer import save_bpe, train_bpe
 
 # ----------------------------------------------------------------------------------------------------------
@@ -135,6 +139,126 @@ def setup_runtime(device="auto", dtype="auto", seed=0):
 
 
 # ----------------------------------------------------------------------------------------------------------
+# Several processes (torchrun): each runs the same script on its slice of every batch
+
+
+@contextlib.contextmanager
+def master_first(rt):
+    """The master runs the block before the other processes do: what it writes there (data, a tokenizer), they read."""
+    if not rt.master:
+        dist.barrier()
+    yield
+    if rt.master and rt.world_size > 1:
+        dist.barrier()
+
+
+def leave_processes(rt):
+    """
+    Leave the process group at the end of a run. A barrier first: gloo's worker threads may still be releasing the
+    tensors of the last collective, which needs the GIL, and destroying the group holds it while it waits for them.
+    """
+    if rt.world_size > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def check_split(batch_size, flag, rt):
+    if batch_size < rt.world_size:
+        raise SystemExit(f"{flag} {batch_size} is smaller than the {rt.world_size} processes, which each take a slice "
+                         f"of every batch: give at least {rt.world_size}, or run fewer processes")
+
+
+def all_sum(x):
+    """The tensor x summed over the processes (a copy of x in one process)."""
+    x = x.clone()
+    if dist.is_initialized():
+        dist.all_reduce(x)
+    return x
+
+
+def all_mean(stats, device):
+    """
+    Each number of a dict averaged over the processes: the mean over a whole batch of means that each process took
+    over an equal share of its rows. In one process, the dict unchanged.
+    """
+    if not dist.is_initialized():
+        return stats
+    means = all_sum(torch.tensor(list(stats.values()), dtype=torch.float64, device=device)) / dist.get_world_size()
+    return dict(zip(stats, means.tolist()))
+
+
+def all_gather_rows(x):
+    """The rows of every process's x [n, ...], concatenated in rank order; n may differ between processes."""
+    if not dist.is_initialized():
+        return x
+    n = torch.tensor([len(x)], device=x.device)
+    counts = [torch.empty_like(n) for _ in range(dist.get_world_size())]
+    dist.all_gather(counts, n)
+    padded = torch.cat([x, x.new_zeros(int(max(counts)) - len(x), *x.shape[1:])])  # all_gather wants equal sizes
+    parts = [torch.empty_like(padded) for _ in counts]
+    dist.all_gather(parts, padded)
+    return torch.cat([part[:int(count)] for part, count in zip(parts, counts)])
+
+
+def all_gather_objects(obj):
+    """[obj of each process], in rank order ([obj] in one process)."""
+    if not dist.is_initialized():
+        return [obj]
+    objects = [None] * dist.get_world_size()
+    dist.all_gather_object(objects, obj)
+    return objects
+
+
+def parallelize(model, rt, fsdp=False, compile=False):
+    """
+    The model as the training loop runs it, and a replica for sampling and evaluation: (train_model, replica).
+    In one process: the model (compiled with compile), and no replica, fsdp or not. Under torchrun every process
+    takes its slice of each batch and the gradients are averaged over the processes. With DDP each process holds
+    the whole model. With fsdp the model itself is sharded (FSDP2: each transformer block, then the rest): each
+    process holds 1/N of its weights, gradients and optimizer state, and the processes gather each block's weights
+    in turn as the model runs, all in step; the replica, a plain copy that `whole` fills with the weights, lets one
+    process sample or evaluate alone. Build the optimizer after this.
+    """
+    if fsdp and rt.world_size > 1:
+        if rt.dtype == torch.float16:  # GradScaler would skip the step in some processes and not in others
+            raise SystemExit("--fsdp trains in bfloat16 or float32, not float16: give --dtype bfloat16 or float32")
+        try:
+            from torch.distributed.fsdp import fully_shard
+        except ImportError:
+            raise SystemExit("--fsdp needs torch 2.6 or later (FSDP2's fully_shard)") from None
+        replica = copy.deepcopy(model)
+        for block in [m for m in model.modules() if isinstance(m, Block)]:
+            fully_shard(block)
+        fully_shard(model)
+        return (torch.compile(model) if compile else model), replica
+    train_model = torch.compile(model) if compile else model
+    if rt.world_size > 1:
+        train_model = DDP(train_model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
+    return train_model, None
+
+
+def sharded(model):
+    """Whether parallelize sharded the model with FSDP2 (torch 2.6 or later)."""
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:
+        return False
+    return isinstance(model, FSDPModule)
+
+
+def whole(model, replica):
+    """
+    The model as one process can run it alone, to sample or evaluate: the model itself, or if it is sharded its
+    replica (see parallelize), filled with the whole of its current weights. Every process must call it: they
+    each send their shards.
+    """
+    if replica is None:
+        return model
+    replica.load_state_dict(get_model_state_dict(model, options=StateDictOptions(full_state_dict=True)))
+    return replica
+
+
+# ----------------------------------------------------------------------------------------------------------
 # Checkpoints
 
 
@@ -171,17 +295,25 @@ def load_checkpoint(path, kinds=None, flag=None):
     return ckpt
 
 
-def training_state(optimizer, scaler):
-    """What --resume needs besides the weights: the optimizer, the loss scaler and every random generator."""
-    return {"optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
+def training_state(model, optimizer, scaler):
+    """
+    What a checkpoint keeps of a run: the weights, and for --resume the optimizer, the loss scaler and every random
+    generator. Whole, in CPU memory, in the master; every process must call it, since under FSDP each sends its
+    shards. The optimizer's state is keyed by parameter name, the same sharded or not, so either kind of run can
+    resume the other's checkpoint.
+    """
+    to_master = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    return {"model": get_model_state_dict(model, options=to_master),
+            "optimizer": get_optimizer_state_dict(model, optimizer, options=to_master), "scaler": scaler.state_dict(),
             "rng": {"torch": torch.get_rng_state(), "python": random.getstate(),
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}}
 
 
 def restore_training(ckpt, model, optimizer, scaler):
-    """Load the weights and what training_state saved; returns the step to continue from."""
-    model.load_state_dict(ckpt["model"])
-    optimizer.load_state_dict(ckpt["optimizer"])
+    """Load the weights and what training_state saved (into each process's shards under FSDP); returns the step."""
+    whole_state = StateDictOptions(full_state_dict=sharded(model))
+    set_model_state_dict(model, ckpt["model"], options=whole_state)
+    set_optimizer_state_dict(model, optimizer, ckpt["optimizer"], options=whole_state)
     scaler.load_state_dict(ckpt["scaler"])
     torch.set_rng_state(ckpt["rng"]["torch"])
     random.setstate(ckpt["rng"]["python"])

@@ -20,9 +20,10 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from common import (MetricsLog, batch_at, check_finite, encode_prompts, fit_pair_to_context, frozen, load_policy, lr_at,
-                    pad, print_config, print_samples, read_jsonl, restore_training, run_config, save_checkpoint,
-                    setup_runtime, token_logprobs, training_state, write_jsonl)
+from common import (MetricsLog, all_gather_rows, all_sum, batch_at, check_finite, check_split, encode_prompts,
+                    fit_pair_to_context, frozen, leave_processes, load_policy, lr_at, master_first, pad, parallelize,
+                    print_config, print_samples, read_jsonl, restore_training, run_config, save_checkpoint,
+                    setup_runtime, token_logprobs, training_state, whole, write_jsonl)
 from data import world
 from evaluate import evaluate_policy, summary_lines
 from reward import load_reward_model
@@ -54,6 +55,7 @@ class Config:
     temperature: float = 1.0  # sampling temperature at evaluation
     device: str = "auto"  # auto, cpu, cuda, cuda:N
     dtype: str = "auto"  # auto (bf16 or fp16 on CUDA, fp32 on CPU), float32, bfloat16, float16
+    fsdp: bool = False  # under torchrun: shard the policy's weights, gradients and optimizer state across the processes (FSDP2), not copy them (DDP)
     seed: int = 0  # seed of data order and sampling
     resume: bool = False  # continue the run in out_dir from its checkpoint
 
@@ -90,7 +92,7 @@ def dpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_r
     return losses, chosen_rewards, rejected_rewards
 
 
-def load_pairs(path, enc, max_len):
+def load_pairs(path, enc, max_len, say=print):
     """Rendered (chosen ids, chosen mask, rejected ids, rejected mask) of a {prompt, chosen, rejected} file."""
     pairs, truncated = [], 0
     for rec in read_jsonl(path, ("prompt", "chosen", "rejected")):
@@ -98,7 +100,7 @@ def load_pairs(path, enc, max_len):
         (c_ids, c_mask), (r_ids, r_mask), cut = fit_pair_to_context(chosen, rejected, max_len)
         pairs.append((c_ids, c_mask, r_ids, r_mask))
         truncated += cut
-    print(f"{path}: {len(pairs)} pairs, {truncated} truncated to {max_len} tokens")
+    say(f"{path}: {len(pairs)} pairs, {truncated} truncated to {max_len} tokens")
     return pairs
 
 
@@ -132,7 +134,7 @@ def pair_logps(model, pairs, pad_id, rt, average=False):
 
 @torch.no_grad()
 def all_pair_logps(model, pairs, pad_id, rt, batch_size, average=False):
-    """(chosen, rejected) sequence log-probs [N] of every pair, in order: how the reference's are computed once."""
+    """(chosen, rejected) sequence log-probs [N] of every pair, in order."""
     # batches of pairs of similar length: a batch pads to its longest row, and lengths here vary by 5x
     order = sorted(range(len(pairs)), key=lambda i: max(len(pairs[i][0]), len(pairs[i][2])))
     chosen, rejected = torch.empty(len(pairs), device=rt.device), torch.empty(len(pairs), device=rt.device)
@@ -142,10 +144,21 @@ def all_pair_logps(model, pairs, pad_id, rt, batch_size, average=False):
     return chosen, rejected
 
 
+@torch.no_grad()
+def shared_pair_logps(model, pairs, pad_id, rt, batch_size, average=False):
+    """
+    all_pair_logps as [2, N], the pairs shared out among the processes under torchrun (each computes every N-th)
+    and gathered, so that every process holds all of them: how the reference's are computed once.
+    """
+    mine = torch.stack(all_pair_logps(model, pairs[rt.rank::rt.world_size], pad_id, rt, batch_size, average), 1)
+    order = [i for r in range(rt.world_size) for i in range(r, len(pairs), rt.world_size)]
+    logps = torch.empty(len(pairs), 2, device=rt.device)
+    logps[order] = all_gather_rows(mine)
+    return logps.T
+
+
 def main(argv=None):
     cfg, ckpt_path, resumed = run_config(Config, argv)
-    print("dpo config:")
-    print_config(cfg)
     if cfg.loss_type not in ("sigmoid", "ipo", "hinge"):
         raise SystemExit(f"--loss_type must be sigmoid, ipo or hinge, not {cfg.loss_type!r}")
     if cfg.label_smoothing and cfg.loss_type != "sigmoid":
@@ -153,9 +166,15 @@ def main(argv=None):
                          f"use for it: drop it")
     average = cfg.loss_type == "ipo"  # IPO's log-probs are means per response token (see dpo_loss)
     rt = setup_runtime(cfg.device, cfg.dtype, cfg.seed)
+    check_split(cfg.batch_size, "--batch_size", rt)
+    say = print if rt.master else lambda *a, **k: None
+    say("dpo config:")
+    if rt.master:
+        print_config(cfg)
 
     if not cfg.train_file:
-        data_dir, _ = world.builtin_task()
+        with master_first(rt):  # the master generates the task, the others read it
+            data_dir, _ = world.builtin_task()
         train_file, val_file = world.builtin_pairs(cfg.pairs, data_dir)
         prompts_file = cfg.eval_prompts or f"{data_dir}/eval_prompts.jsonl"
     else:
@@ -171,57 +190,59 @@ def main(argv=None):
     enc = load_tokenizer(tokenizer_spec)
     eot = enc.eot_token
     max_len = policy.config.block_size
-    print(f"policy and reference from {cfg.sft_ckpt}: {policy.num_params() / 1e6:.2f}M parameters, "
-          f"tokenizer {tokenizer_spec}")
-    train = load_pairs(train_file, enc, max_len)
-    val = load_pairs(val_file, enc, max_len)[:cfg.n_val_pairs]
+    say(f"policy and reference from {cfg.sft_ckpt}: {policy.num_params() / 1e6:.2f}M parameters, "
+        f"tokenizer {tokenizer_spec}")
+    train = load_pairs(train_file, enc, max_len, say)
+    val = load_pairs(val_file, enc, max_len, say)[:cfg.n_val_pairs]
     prompts = [r["prompt"] for r in read_jsonl(prompts_file, ("prompt",))][:cfg.n_eval]
     prompt_ids = encode_prompts(enc, prompts, max_len - cfg.max_new_tokens)
 
     # everything the reference is needed for that does not change during training, computed once
     t0 = time.time()
-    ref_val = all_pair_logps(ref, val, eot, rt, 2 * cfg.batch_size, average)
+    ref_val = shared_pair_logps(ref, val, eot, rt, 2 * cfg.batch_size, average)
     # the SFT policy is the reference: its samples are the baseline of the win-rate. The policy's are drawn
     # with another seed: shared random numbers would make the two tie more often than independent samples
     # do, pulling the win-rate toward 1/2.
     reward_model = None
-    if cfg.reward_ckpt and (Path(cfg.reward_ckpt).exists() or cfg.reward_ckpt != Config.reward_ckpt):
+    if rt.master and cfg.reward_ckpt and (Path(cfg.reward_ckpt).exists() or cfg.reward_ckpt != Config.reward_ckpt):
         reward_model, rm_tokenizer = load_reward_model(cfg.reward_ckpt, "--reward_ckpt")
         if rm_tokenizer != tokenizer_spec:
             raise SystemExit(f"the reward model reads tokenizer {rm_tokenizer}, the policy writes {tokenizer_spec}")
         reward_model = frozen(reward_model).to(rt.device)
     evaluate = lambda policy, seed, **kw: evaluate_policy(policy, enc, prompts, prompt_ids, rt, cfg.max_new_tokens,
                                                           cfg.temperature, seed, reward_model=reward_model, **kw)
-    sft_report, sft_rows = evaluate(ref, cfg.seed)
-    print(summary_lines("sft", sft_report, len(prompts), prompts_file))
+    if rt.master:  # who evaluates
+        sft_report, sft_rows = evaluate(ref, cfg.seed)
+        print(summary_lines("sft", sft_report, len(prompts), prompts_file))
     step = resumed["step"] if resumed else 0
     if not cfg.recompute_ref:
         # only the pairs this run will visit: a run shorter than an epoch would pay for the rest in vain
         visited = sorted({i for k in range(step, cfg.max_steps)
                           for i in batch_at(len(train), cfg.batch_size, k, cfg.seed)})
         ref_train = torch.full((2, len(train)), float("nan"), device=rt.device)
-        ref_train[:, visited] = torch.stack(all_pair_logps(ref, [train[i] for i in visited], eot, rt,
-                                                           2 * cfg.batch_size, average))
+        ref_train[:, visited] = shared_pair_logps(ref, [train[i] for i in visited], eot, rt, 2 * cfg.batch_size,
+                                                  average)
         # training then holds one model, not two. The sequence KL at evaluation still needs the reference on
         # fresh samples: it is reloaded from the checkpoint for each evaluation, when no activations are held.
         ref = None
-    print(f"reference log-probs and sft samples in {time.time() - t0:.1f}s")
+    say(f"reference log-probs and sft samples in {time.time() - t0:.1f}s")
 
+    train_policy, replica = parallelize(policy, rt, cfg.fsdp)
     # decay would pull the weights toward 0, not toward the reference: off
     optimizer = policy.configure_optimizers(0.0, cfg.lr, (0.9, 0.95), rt.device.type)
     if resumed:
         step = restore_training(resumed, policy, optimizer, rt.scaler)
-        print(f"resumed from {ckpt_path} at step {step}")
-    log = MetricsLog(cfg.out_dir, resume_step=step if resumed else None)
+        say(f"resumed from {ckpt_path} at step {step}")
+    log = MetricsLog(cfg.out_dir, resume_step=step if resumed else None, enabled=rt.master)
 
-    def checkpoint(step, **extra):
-        save_checkpoint(ckpt_path, {"kind": "policy", "model": policy.state_dict(),
-                                    "model_config": asdict(policy.config), "tokenizer": tokenizer_spec,
-                                    "config": asdict(cfg), "step": step,
-                                    **training_state(optimizer, rt.scaler), **extra})
+    def checkpoint(step, state, **extra):  # state: training_state, which every process gathers, the master writes
+        if rt.master:
+            save_checkpoint(ckpt_path, {"kind": "policy", "model_config": asdict(policy.config),
+                                        "tokenizer": tokenizer_spec, "config": asdict(cfg), "step": step, **state,
+                                        **extra})
 
     @torch.no_grad()
-    def validate():
+    def validate(policy):
         """The held-out pairs' loss and implicit-reward accuracy, and the policy's samples on the held-out prompts."""
         c, r = all_pair_logps(policy, val, eot, rt, 2 * cfg.batch_size, average)
         losses, chosen_rewards, rejected_rewards = dpo_loss(c, r, *ref_val, cfg.beta, cfg.loss_type,
@@ -231,24 +252,31 @@ def main(argv=None):
         return {"loss": losses.mean().item(),
                 "rewards/accuracies": (chosen_rewards > rejected_rewards).float().mean().item(), **report}, rows
 
-    bar = tqdm(range(step, cfg.max_steps), initial=step, total=cfg.max_steps, desc="dpo", dynamic_ncols=True)
+    bar = tqdm(range(step, cfg.max_steps), initial=step, total=cfg.max_steps, desc="dpo", dynamic_ncols=True,
+               disable=not rt.master)
     for step in bar:
         lr = lr_at(step, cfg.max_steps, cfg.lr, cfg.warmup_steps)
         for group in optimizer.param_groups:
             group["lr"] = lr
         idx = batch_at(len(train), cfg.batch_size, step, cfg.seed)
-        batch = [train[i] for i in idx]
+        mine = idx[rt.rank::rt.world_size]  # under torchrun each process takes a slice of the same batch
+        batch = [train[i] for i in mine]
         if cfg.recompute_ref:
             with torch.no_grad():
                 ref_c, ref_r = pair_logps(ref, batch, eot, rt, average)
         else:
-            ref_c, ref_r = ref_train[:, idx]
-        policy_c, policy_r = pair_logps(policy, batch, eot, rt, average)
+            ref_c, ref_r = ref_train[:, mine]
+        policy_c, policy_r = pair_logps(train_policy, batch, eot, rt, average)
         losses, chosen_rewards, rejected_rewards = dpo_loss(policy_c, policy_r, ref_c, ref_r, cfg.beta, cfg.loss_type,
                                                             cfg.label_smoothing)
-        loss = losses.mean()
-        check_finite(loss.item(), step, ckpt_path)
-        rt.scaler.scale(loss).backward()
+        loss = losses.mean() * len(mine) / len(idx)  # the mean over the whole batch: this slice's share of it
+        # sums over the whole batch: every process must see the same loss, so that all of them stop together
+        sums = all_sum(torch.stack([loss.detach(), chosen_rewards.sum(), rejected_rewards.sum(),
+                                    (chosen_rewards > rejected_rewards).sum().float(), policy_c.detach().sum(),
+                                    policy_r.detach().sum()]))
+        total_loss, chosen, rejected, correct, logp_chosen, logp_rejected = sums.tolist()
+        check_finite(total_loss, step, ckpt_path)
+        rt.scaler.scale(loss * rt.world_size).backward()  # x world_size: DDP (or FSDP) averages over processes
         rt.scaler.unscale_(optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip)
         rt.scaler.step(optimizer)
@@ -256,34 +284,40 @@ def main(argv=None):
         optimizer.zero_grad(set_to_none=True)
 
         done = step + 1
-        metrics = {"loss": loss.item(), "rewards/chosen": chosen_rewards.mean().item(),
-                   "rewards/rejected": rejected_rewards.mean().item(),
-                   "rewards/margins": (chosen_rewards - rejected_rewards).mean().item(),
-                   "rewards/accuracies": (chosen_rewards > rejected_rewards).float().mean().item(),
-                   "logps/chosen": policy_c.mean().item(), "logps/rejected": policy_r.mean().item(),
+        n = len(idx)
+        metrics = {"loss": total_loss, "rewards/chosen": chosen / n, "rewards/rejected": rejected / n,
+                   "rewards/margins": (chosen - rejected) / n, "rewards/accuracies": correct / n,
+                   "logps/chosen": logp_chosen / n, "logps/rejected": logp_rejected / n,
                    "lr": lr, "grad_norm": grad_norm.item()}
         evaluating = done % cfg.eval_interval == 0 and done < cfg.max_steps  # the last step's evaluation is the summary
         if evaluating:
-            report, _ = validate()
-            metrics.update({f"eval/{k}": v for k, v in report.items()})
-            tqdm.write(f"step {done}: " + ", ".join(f"{k} {v:.3f}" for k, v in report.items()))
+            current = whole(policy, replica)  # every process: under FSDP the master evaluates a whole copy
+            if rt.master:
+                report, _ = validate(current)
+                metrics.update({f"eval/{k}": v for k, v in report.items()})
+                tqdm.write(f"step {done}: " + ", ".join(f"{k} {v:.3f}" for k, v in report.items()))
         log.log(done, **metrics)
-        if evaluating:
-            checkpoint(done)  # after the log line: a run resumed from here continues metrics.jsonl without a gap
+        if evaluating:  # after the log line: a run resumed from here continues metrics.jsonl without a gap
+            checkpoint(done, training_state(policy, optimizer, rt.scaler))
         bar.set_postfix(loss=f"{metrics['loss']:.3f}", chosen=f"{metrics['rewards/chosen']:+.2f}",
                         rejected=f"{metrics['rewards/rejected']:+.2f}", margin=f"{metrics['rewards/margins']:.2f}",
                         acc=f"{metrics['rewards/accuracies']:.2f}", logp_c=f"{metrics['logps/chosen']:.1f}",
                         logp_r=f"{metrics['logps/rejected']:.1f}")
     bar.close()
+    final = training_state(policy, optimizer, rt.scaler)
+    policy = whole(policy, replica)  # from here the master goes on alone
+    leave_processes(rt)
+    if not rt.master:
+        return None
 
-    summary, rows = validate()
+    summary, rows = validate(policy)
     summary.update({f"sft_{k}": v for k, v in sft_report.items()})
     print_samples(rows, 5)
     print(f"dpo: held-out implicit-reward accuracy {summary['rewards/accuracies']:.1%}")
     print(summary_lines("dpo", summary, len(prompts), prompts_file))
     write_jsonl(Path(cfg.out_dir) / "samples.jsonl", rows)
     log.log(cfg.max_steps, **{f"final/{k}": v for k, v in summary.items()})
-    checkpoint(cfg.max_steps, summary=summary)
+    checkpoint(cfg.max_steps, final, summary=summary)
     print(f"saved {ckpt_path}")
     return summary
 

@@ -22,9 +22,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from common import (MetricsLog, batch_at, check_finite, encode_prompts, frozen, load_policy, lr_at, pad, print_config,
-                    print_samples, read_jsonl, response_logprobs, restore_training, run_config, save_checkpoint,
-                    setup_runtime, token_logprobs, training_state, write_jsonl)
+from common import (MetricsLog, all_gather_objects, all_mean, all_sum, batch_at, check_finite, encode_prompts, frozen,
+                    leave_processes, load_policy, lr_at, master_first, pad, parallelize, print_config, print_samples,
+                    read_jsonl, response_logprobs, restore_training, run_config, save_checkpoint, setup_runtime,
+                    token_logprobs, training_state, whole, write_jsonl)
 from data import world
 from evaluate import evaluate_policy, summary_lines
 from model import ScalarHead, response_mask
@@ -64,6 +65,7 @@ class Config:
     n_eval: int = 256  # held-out prompts per evaluation
     device: str = "auto"  # auto, cpu, cuda, cuda:N
     dtype: str = "auto"  # auto (bf16 or fp16 on CUDA, fp32 on CPU), float32, bfloat16, float16
+    fsdp: bool = False  # under torchrun: shard the policy's weights, gradients and optimizer state across the processes (FSDP2), not copy them (DDP)
     seed: int = 0  # seed of the value head, prompt order and sampling
     resume: bool = False  # continue the run in out_dir from its checkpoint
 
@@ -104,17 +106,22 @@ class AdaptiveKLController:
 
 # ----------------------------------------------------------------------------------------------------------
 # The math. Tensors are [batch, response time]; mask is 1 on a response's tokens up to and including its
-# first end-of-text, 0 on the padding after it, and everything here keeps the padding out.
+# first end-of-text, 0 on the padding after it, and everything here keeps the padding out. Under torchrun each
+# process holds some rows of the batch: statistics of the whole batch are taken across_processes.
 
 
-def masked_mean(x, mask):
-    return (x * mask).sum() / mask.sum()
+def masked_mean(x, mask, across_processes=False):
+    """The mean of x over the real tokens; across_processes, over those of every process's rows."""
+    if not across_processes:
+        return (x * mask).sum() / mask.sum()
+    total, count = all_sum(torch.stack([(x * mask).sum(), mask.sum().to(x.dtype)]))
+    return total / count
 
 
-def masked_whiten(values, mask, shift_mean=True):
+def masked_whiten(values, mask, shift_mean=True, across_processes=False):
     """(x - mean) / std over the real tokens; 0 on padding. shift_mean=False adds the mean back: only rescales."""
-    mean = masked_mean(values, mask)
-    var = masked_mean((values - mean) ** 2, mask)
+    mean = masked_mean(values, mask, across_processes)
+    var = masked_mean((values - mean) ** 2, mask, across_processes)
     whitened = (values - mean) * torch.rsqrt(var + 1e-8)
     if not shift_mean:
         whitened = whitened + mean
@@ -187,9 +194,9 @@ def ppo_value_loss(values, old_values, returns, mask, cliprange_value):
     return loss, masked_mean((clipped > unclipped).float(), mask)
 
 
-def explained_variance(values, returns, mask):
+def explained_variance(values, returns, mask, across_processes=False):
     """1 - Var(returns - values) / Var(returns) over real tokens: 1 is a perfect critic, 0 a constant one."""
-    var = lambda x: masked_mean((x - masked_mean(x, mask)) ** 2, mask)
+    var = lambda x: masked_mean((x - masked_mean(x, mask, across_processes)) ** 2, mask, across_processes)
     return 1 - var(returns - values) / var(returns)
 
 
@@ -221,16 +228,18 @@ def score_responses(reward_model, prompt, prompt_mask, tokens, mask, eot_id, mis
 
 
 @torch.no_grad()
-def rollout(agent, ref, reward_model, prompt_ids, beta, cfg, rt, eot_id, generator):
+def rollout(agent, ref, reward_model, prompt_ids, beta, cfg, rt, eot_id, generator, sampler=None):
     """
     Answer a batch of prompts and compute everything the update needs. Returns (batch, stats): batch holds the
     left-padded prompts, the responses and their mask, the old log-probs and values, whitened advantages and
     returns, all [B, ...] so that minibatches are rows of it; stats are the per-iteration objective metrics.
+    Under torchrun each process answers its share of the prompts, and the statistics are of all of them.
+    sampler: the policy GPT that samples, agent.gpt by default (under FSDP a whole copy of it: common.whole).
     """
     prompt, prompt_mask = (t.to(rt.device) for t in pad(prompt_ids, eot_id, left=True))
     with rt.autocast():
-        tokens, _ = agent.gpt.generate(prompt, prompt_mask, cfg.max_new_tokens, eot_id, cfg.temperature,
-                                       generator=generator)
+        tokens, _ = (sampler or agent.gpt).generate(prompt, prompt_mask, cfg.max_new_tokens, eot_id, cfg.temperature,
+                                                    generator=generator)
     mask = response_mask(tokens, eot_id)
     # old log-probs come from the very forward pass the update uses, not from generate's cached one: otherwise
     # rounding differences would make the first ratio differ from 1 before the policy has moved at all
@@ -243,7 +252,7 @@ def rollout(agent, ref, reward_model, prompt_ids, beta, cfg, rt, eot_id, generat
     kl, kl_k3 = (k * mask for k in kl_estimates(logprobs, ref_logprobs))
     paid = scores
     if cfg.whiten_rewards:  # rescaled, not centred: the returns still rise as the policy's replies get better
-        paid = masked_whiten(scores, torch.ones_like(scores), shift_mean=False)
+        paid = masked_whiten(scores, torch.ones_like(scores), shift_mean=False, across_processes=True)
     rewards = token_rewards(paid, kl, mask, beta)
     advantages, returns = compute_gae(rewards, values, mask, cfg.gamma, cfg.lam)
 
@@ -253,11 +262,13 @@ def rollout(agent, ref, reward_model, prompt_ids, beta, cfg, rt, eot_id, generat
     stats = {"objective/kl": kl.sum(1).mean(), "objective/kl_k3": kl_k3.sum(1).mean(),
              "objective/entropy": entropy.sum(1).mean(),
              "objective/scores": scores.mean(), "objective/rlhf_reward": rewards.sum(1).mean(),
-             "val/explained_variance": explained_variance(values, returns, mask),
              "response/length": mask.sum(1).float().mean(), "response/eot_rate": ended.float().mean()}
+    stats = all_mean({k: v.item() for k, v in stats.items()}, rt.device)  # every process holds as many rows
+    stats["val/explained_variance"] = explained_variance(values, returns, mask, across_processes=True).item()
     batch = {"prompt": prompt, "prompt_mask": prompt_mask, "tokens": tokens, "mask": mask, "logprobs": logprobs,
-             "values": values, "advantages": masked_whiten(advantages, mask), "returns": returns}
-    return batch, {k: v.item() for k, v in stats.items()}
+             "values": values, "advantages": masked_whiten(advantages, mask, across_processes=True),
+             "returns": returns}
+    return batch, stats
 
 
 def grad_norm(params):
@@ -266,20 +277,26 @@ def grad_norm(params):
     return torch.linalg.vector_norm(torch.stack(norms))
 
 
-def ppo_update(agent, optimizer, batch, cfg, rt):
-    """ppo_epochs passes over the rollout batch in shuffled minibatches, a clipped gradient step on each. Returns per-step stats."""
+def ppo_update(agent, optimizer, batch, cfg, rt, train_agent=None):
+    """
+    ppo_epochs passes over the rollout batch in shuffled minibatches, a clipped gradient step on each. Returns per-step
+    stats. Under torchrun each process holds rollout_batch / N rows and takes minibatch / N of them per step; the
+    agent runs as train_agent (wrapped in DDP), and the losses are means over the tokens of the whole minibatch.
+    """
     stats = []
     for epoch in range(cfg.ppo_epochs):
-        for rows in torch.randperm(batch["tokens"].size(0), device=rt.device).split(cfg.minibatch):
+        for rows in torch.randperm(batch["tokens"].size(0), device=rt.device).split(cfg.minibatch // rt.world_size):
             mb = {k: v[rows] for k, v in batch.items()}
             mask = mb["mask"]
             with rt.autocast():
-                logits, values = agent(mb["prompt"], mb["prompt_mask"], mb["tokens"], mask)
+                logits, values = (train_agent or agent)(mb["prompt"], mb["prompt_mask"], mb["tokens"], mask)
             logprobs = token_logprobs(logits, mb["tokens"], cfg.temperature) * mask
             pg_loss, pg_clipfrac = ppo_policy_loss(logprobs, mb["logprobs"], mb["advantages"], mask, cfg.cliprange)
             vf_loss, vf_clipfrac = ppo_value_loss(values, mb["values"], mb["returns"], mask, cfg.cliprange_value)
-            loss = pg_loss + cfg.vf_coef * vf_loss
-            rt.scaler.scale(loss).backward()
+            # this process's losses are means over its own tokens: weighed by its share of the minibatch's
+            share = mask.sum() / all_sum(mask.sum())
+            loss = (pg_loss + cfg.vf_coef * vf_loss) * share
+            rt.scaler.scale(loss * rt.world_size).backward()  # x world_size: DDP (or FSDP) averages over processes
             rt.scaler.unscale_(optimizer)
             # one clip budget for both: the norms apart tell which of the two losses spends it
             policy_norm, value_norm = grad_norm(agent.gpt.parameters()), grad_norm(agent.value_head.parameters())
@@ -290,8 +307,9 @@ def ppo_update(agent, optimizer, batch, cfg, rt):
             with torch.no_grad():
                 # 0.5 * E[(log ratio)^2]: how far this step's policy already is from the one that sampled
                 approxkl = 0.5 * masked_mean((logprobs - mb["logprobs"]) ** 2, mask)
-            stats.append({"loss/policy": pg_loss.item(), "loss/value": vf_loss.item(), "policy/approxkl": approxkl.item(),
-                          "policy/clipfrac": pg_clipfrac.item(), "val/clipfrac": vf_clipfrac.item(),
+                means = all_sum(torch.stack([pg_loss, vf_loss, approxkl, pg_clipfrac, vf_clipfrac]) * share).tolist()
+            stats.append({**dict(zip(("loss/policy", "loss/value", "policy/approxkl", "policy/clipfrac",
+                                      "val/clipfrac"), means)),
                           "grad_norm": total_norm.item(), "grad_norm/policy": policy_norm.item(),
                           "grad_norm/value": value_norm.item()})
     return stats
@@ -299,12 +317,18 @@ def ppo_update(agent, optimizer, batch, cfg, rt):
 
 def main(argv=None):
     cfg, ckpt_path, resumed = run_config(Config, argv)
-    print("ppo config:")
-    print_config(cfg)
     rt = setup_runtime(cfg.device, cfg.dtype, cfg.seed)
+    if cfg.rollout_batch % rt.world_size or cfg.minibatch % rt.world_size:
+        raise SystemExit(f"--rollout_batch {cfg.rollout_batch} and --minibatch {cfg.minibatch} must be multiples of "
+                         f"the {rt.world_size} processes, which each take an equal share of both")
+    say = print if rt.master else lambda *a, **k: None
+    say("ppo config:")
+    if rt.master:
+        print_config(cfg)
 
     if not cfg.prompts_file:
-        data_dir, _ = world.builtin_task()
+        with master_first(rt):  # the master generates the task, the others read it
+            data_dir, _ = world.builtin_task()
         train_file, eval_file = f"{data_dir}/prompts_train.jsonl", cfg.eval_prompts or f"{data_dir}/eval_prompts.jsonl"
     elif not cfg.eval_prompts:
         raise SystemExit("with --prompts_file, also give --eval_prompts")
@@ -321,60 +345,73 @@ def main(argv=None):
     enc = load_tokenizer(tokenizer_spec)
     agent = PolicyWithValue(policy).to(rt.device)
     agent.eval()  # dropout off for good: it would make the log-probs, and so the ratios, noisy
-    print(f"policy: {policy.num_params() / 1e6:.2f}M parameters from {cfg.sft_ckpt}; reward model {cfg.reward_ckpt}")
+    say(f"policy: {policy.num_params() / 1e6:.2f}M parameters from {cfg.sft_ckpt}; reward model {cfg.reward_ckpt}")
 
     max_prompt = policy.config.block_size - cfg.max_new_tokens
     train_ids = encode_prompts(enc, [r["prompt"] for r in read_jsonl(train_file, ("prompt",))], max_prompt)
     eval_prompts = [r["prompt"] for r in read_jsonl(eval_file, ("prompt",))][:cfg.n_eval]
     eval_ids = encode_prompts(enc, eval_prompts, max_prompt)
-    print(f"{len(train_ids)} training prompts from {train_file}, {len(eval_prompts)} held-out from {eval_file}")
+    say(f"{len(train_ids)} training prompts from {train_file}, {len(eval_prompts)} held-out from {eval_file}")
 
+    train_agent, replica = parallelize(agent, rt, cfg.fsdp)
     # Adam's eps 1e-5 rather than 1e-8, as in lm-human-preferences: steadier steps on tiny second moments
     optimizer = torch.optim.Adam(agent.parameters(), lr=cfg.lr, eps=1e-5)
-    generator = torch.Generator(rt.device).manual_seed(cfg.seed)
+    generator = torch.Generator(rt.device).manual_seed(cfg.seed + rt.rank)  # each process samples its own
     beta, start = cfg.kl_coef, 0
     if resumed:  # the prompts of each iteration follow from its number (batch_at); the rest is in the checkpoint
-        start = restore_training(resumed, agent.gpt, optimizer, rt.scaler)
-        agent.value_head.load_state_dict(resumed["value_head"])
-        generator.set_state(resumed["generator"])
+        if len(resumed["generators"]) != rt.world_size:
+            raise SystemExit(f"{ckpt_path} was written by {len(resumed['generators'])} processes, each with its own "
+                             f"sampling generator: resume it with as many")
+        weights = {**{f"gpt.{k}": v for k, v in resumed["model"].items()},
+                   **{f"value_head.{k}": v for k, v in resumed["value_head"].items()}}
+        start = restore_training({**resumed, "model": weights}, agent, optimizer, rt.scaler)
+        generator.set_state(resumed["generators"][rt.rank])
         beta = resumed["kl_coef"]
         if start >= cfg.iterations:
             raise SystemExit(f"{ckpt_path} has finished all {cfg.iterations} iterations: nothing to resume")
-        print(f"resumed from {ckpt_path} at iteration {start}, beta {beta:.4f}")
+        say(f"resumed from {ckpt_path} at iteration {start}, beta {beta:.4f}")
     kl_horizon = cfg.kl_horizon or cfg.iterations * cfg.rollout_batch
     kl_ctl = AdaptiveKLController(beta, cfg.kl_target, kl_horizon) if cfg.adaptive_kl else None
-    log = MetricsLog(cfg.out_dir, resume_step=start if resumed else None)
+    log = MetricsLog(cfg.out_dir, resume_step=start if resumed else None, enabled=rt.master)
 
     # the SFT policy's samples on the held-out prompts, at the training temperature: the baseline of every win-rate.
     # The policy's are drawn with another seed: shared random numbers would make the two tie more often than
     # independent samples do
     evaluate = lambda policy, seed, **kw: evaluate_policy(policy, enc, eval_prompts, eval_ids, rt, cfg.max_new_tokens,
                                                           cfg.temperature, seed, reward_model=reward_model, **kw)
-    sft_report, sft_rows = evaluate(ref, cfg.seed)
-    print(summary_lines("sft", sft_report, len(eval_prompts), eval_file))
-    if not resumed:
-        log.log(0, **{f"eval/sft_{k}": v for k, v in sft_report.items()})
+    if rt.master:  # who evaluates
+        sft_report, sft_rows = evaluate(ref, cfg.seed)
+        print(summary_lines("sft", sft_report, len(eval_prompts), eval_file))
+        if not resumed:
+            log.log(0, **{f"eval/sft_{k}": v for k, v in sft_report.items()})
 
-    def checkpoint(done, **extra):
+    def gathered_state():  # from every process: under FSDP its shards, and the state of its sampling generator
+        return {**training_state(agent, optimizer, rt.scaler), "generators": all_gather_objects(generator.get_state())}
+
+    def checkpoint(done, state, **extra):
         # a policy with its value head, which later stages load as a policy (common.load_policy); and for --resume,
-        # beta and the sampling generator besides what every stage keeps
-        save_checkpoint(ckpt_path, {"kind": "ppo_policy", "model": agent.gpt.state_dict(),
-                                    "value_head": agent.value_head.state_dict(),
-                                    "model_config": asdict(agent.gpt.config), "tokenizer": tokenizer_spec,
-                                    "config": asdict(cfg), "step": done, "kl_coef": beta,
-                                    "generator": generator.get_state(), **training_state(optimizer, rt.scaler),
-                                    **extra})
+        # beta and the sampling generators besides what every stage keeps. The master writes it.
+        if rt.master:
+            weights = state.pop("model")
+            part = lambda name: {k.removeprefix(name): v for k, v in weights.items() if k.startswith(name)}
+            save_checkpoint(ckpt_path, {"kind": "ppo_policy", "model": part("gpt."), "value_head": part("value_head."),
+                                        "model_config": asdict(agent.gpt.config), "tokenizer": tokenizer_spec,
+                                        "config": asdict(cfg), "step": done, "kl_coef": beta, **state, **extra})
 
-    bar = tqdm(range(start, cfg.iterations), initial=start, total=cfg.iterations, desc="ppo", dynamic_ncols=True)
+    bar = tqdm(range(start, cfg.iterations), initial=start, total=cfg.iterations, desc="ppo", dynamic_ncols=True,
+               disable=not rt.master)
     t0 = time.time()
     for it in bar:
         lr = lr_at(it, cfg.iterations, cfg.lr, cfg.warmup_steps)
         for group in optimizer.param_groups:
             group["lr"] = lr
         prompts = [train_ids[i] for i in batch_at(len(train_ids), cfg.rollout_batch, it, cfg.seed)]
-        batch, metrics = rollout(agent, ref, reward_model, prompts, beta, cfg, rt, enc.eot_token, generator)
-        metrics["response/noncanonical"] = noncanonical_share(enc, batch["tokens"], batch["mask"])
-        steps = ppo_update(agent, optimizer, batch, cfg, rt)
+        sampler = whole(agent, replica)  # every process: under FSDP each samples alone, with a whole copy
+        batch, metrics = rollout(agent, ref, reward_model, prompts[rt.rank::rt.world_size], beta, cfg, rt,
+                                 enc.eot_token, generator, sampler.gpt)
+        metrics.update(all_mean({"response/noncanonical": noncanonical_share(enc, batch["tokens"], batch["mask"])},
+                                rt.device))
+        steps = ppo_update(agent, optimizer, batch, cfg, rt, train_agent)
         for k in steps[0]:
             metrics[k] = sum(s[k] for s in steps) / len(steps)
         check_finite(metrics["loss/policy"] + metrics["loss/value"], it, ckpt_path)
@@ -385,11 +422,14 @@ def main(argv=None):
 
         done = it + 1
         if done % cfg.eval_interval == 0 or done == cfg.iterations:
-            report, rows = evaluate(agent.gpt, cfg.seed + 1, ref=ref, baseline=sft_rows)
-            metrics.update({f"eval/{k}": v for k, v in report.items()})
-            bar.write(f"iteration {done}: " + ", ".join(f"{k} {report[k]:.3f}" for k in
-                                                        ("score", "gold", "win_rate", "kl", "length") if k in report))
-            print_samples(rows, 2)
+            current = whole(agent, replica)  # every process: under FSDP the master evaluates a whole copy
+            if rt.master:
+                report, rows = evaluate(current.gpt, cfg.seed + 1, ref=ref, baseline=sft_rows)
+                metrics.update({f"eval/{k}": v for k, v in report.items()})
+                bar.write(f"iteration {done}: " + ", ".join(f"{k} {report[k]:.3f}" for k in
+                                                            ("score", "gold", "win_rate", "kl", "length")
+                                                            if k in report))
+                print_samples(rows, 2)
         log.log(done, **metrics)
         bar.set_postfix(score=f"{metrics['objective/scores']:.2f}", kl=f"{metrics['objective/kl']:.2f}",
                         rlhf_reward=f"{metrics['objective/rlhf_reward']:.2f}",
@@ -398,12 +438,17 @@ def main(argv=None):
                         eot=f"{metrics['response/eot_rate']:.2f}", beta=f"{metrics['objective/beta']:.3f}",
                         **({"gold": f"{metrics['eval/gold']:.2f}"} if "eval/gold" in metrics else {}))
         if done % cfg.ckpt_interval == 0 and done < cfg.iterations:
-            checkpoint(done)  # after the log line: a run resumed from here continues metrics.jsonl without a gap
+            # after the log line: a run resumed from here continues metrics.jsonl without a gap
+            checkpoint(done, gathered_state())
     bar.close()
+    final = gathered_state()
+    leave_processes(rt)
+    if not rt.master:
+        return None
 
     summary = {**report, **{f"sft_{k}": v for k, v in sft_report.items()}, "iters_per_s": metrics["iters_per_s"]}
     log.log(cfg.iterations, **{f"final/{k}": v for k, v in summary.items()})
-    checkpoint(cfg.iterations, summary=summary)
+    checkpoint(cfg.iterations, final, summary=summary)
     print_samples(rows, 5)
     print(summary_lines("ppo", report, len(eval_prompts), eval_file))
     write_jsonl(Path(cfg.out_dir) / "samples.jsonl", rows)

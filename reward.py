@@ -20,9 +20,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from common import (MetricsLog, batch_at, check_finite, encode_prompts, fit_pair_to_context, load_checkpoint,
-                    load_policy, lr_at, pad, print_config, read_jsonl, restore_training, run_config, sample,
-                    save_checkpoint, setup_runtime, training_state)
+from common import (MetricsLog, all_gather_rows, all_sum, batch_at, check_finite, check_split, encode_prompts,
+                    fit_pair_to_context, leave_processes, load_checkpoint, load_policy, lr_at, master_first, pad,
+                    parallelize, print_config, read_jsonl, restore_training, run_config, sample, save_checkpoint,
+                    setup_runtime, training_state, whole)
 from data import world
 from evaluate import reward_scores
 from model import GPT, GPTConfig, ScalarHead
@@ -53,6 +54,7 @@ class Config:
     device: str = "auto"  # auto, cpu, cuda, cuda:N
     dtype: str = "auto"  # auto (bf16 or fp16 on CUDA, fp32 on CPU), float32, bfloat16, float16
     compile: bool = False  # torch.compile the model for training
+    fsdp: bool = False  # under torchrun: shard the weights, gradients and optimizer state across the processes (FSDP2), not copy them (DDP)
     seed: int = 0  # seed of the head's initialisation, data order and sampling
     resume: bool = False  # continue the run in out_dir from its checkpoint
 
@@ -102,7 +104,7 @@ def preference_loss(chosen_rewards, rejected_rewards, margin=0.0, center_coef=0.
     return loss + center_coef * ((chosen_rewards + rejected_rewards) ** 2).mean()
 
 
-def load_pairs(path, enc, max_len):
+def load_pairs(path, enc, max_len, say=print):
     """The records of a {prompt, chosen, rejected} file and their rendered (chosen ids, rejected ids)."""
     records = read_jsonl(path, ("prompt", "chosen", "rejected"))
     pairs, truncated = [], 0
@@ -111,7 +113,7 @@ def load_pairs(path, enc, max_len):
         (chosen, _), (rejected, _), cut = fit_pair_to_context(chosen, rejected, max_len)
         pairs.append((chosen, rejected))
         truncated += cut
-    print(f"{path}: {len(pairs)} pairs, {truncated} truncated to {max_len} tokens")
+    say(f"{path}: {len(pairs)} pairs, {truncated} truncated to {max_len} tokens")
     return records, pairs
 
 
@@ -160,14 +162,17 @@ def normalisation(raw, ended):
 
 @torch.no_grad()
 def normalise(rm, policy, enc, prompts, cfg, rt):
-    """Sample the SFT policy on prompts and set rm.gain and rm.bias by normalisation. Returns (raw rewards, ended)."""
+    """
+    Sample the SFT policy on prompts and set rm.gain and rm.bias by normalisation. Returns (raw rewards, ended).
+    Under torchrun each process samples and scores its share of the prompts, and the scale is set from all of them.
+    """
     max_len = policy.config.block_size
-    batches = sample(policy, encode_prompts(enc, prompts, max_len - cfg.max_new_tokens), rt, enc.eot_token,
-                     cfg.max_new_tokens, cfg.temperature, 64, cfg.seed)
+    batches = sample(policy, encode_prompts(enc, prompts[rt.rank::rt.world_size], max_len - cfg.max_new_tokens), rt,
+                     enc.eot_token, cfg.max_new_tokens, cfg.temperature, 64, cfg.seed + rt.rank)
     rm.gain.fill_(1.0)
     rm.bias.zero_()
-    raw = torch.tensor(reward_scores(rm, batches, rt))
-    ended = torch.cat([(tokens == enc.eot_token).any(1).cpu() for _, _, tokens, _ in batches])
+    raw = all_gather_rows(torch.tensor(reward_scores(rm, batches, rt), device=rt.device)).cpu()  # every process's
+    ended = all_gather_rows(torch.cat([(tokens == enc.eot_token).any(1) for _, _, tokens, _ in batches])).cpu()
     gain, bias = normalisation(raw, ended)
     rm.gain.fill_(gain.item())
     rm.bias.fill_(bias.item())
@@ -176,12 +181,16 @@ def normalise(rm, policy, enc, prompts, cfg, rt):
 
 def main(argv=None):
     cfg, ckpt_path, resumed = run_config(Config, argv)
-    print("reward config:")
-    print_config(cfg)
     rt = setup_runtime(cfg.device, cfg.dtype, cfg.seed)
+    check_split(cfg.batch_size, "--batch_size", rt)
+    say = print if rt.master else lambda *a, **k: None
+    say("reward config:")
+    if rt.master:
+        print_config(cfg)
 
     if not cfg.train_file:
-        data_dir, _ = world.builtin_task()
+        with master_first(rt):  # the master generates the task, the others read it
+            data_dir, _ = world.builtin_task()
         train_file, val_file = world.builtin_pairs(cfg.pairs, data_dir)
         prompts_file = f"{data_dir}/prompts_train.jsonl"
     else:
@@ -197,47 +206,52 @@ def main(argv=None):
     rm.gpt.load_state_dict(sft["model"])
     policy.to(rt.device)
     rm.to(rt.device)
-    print(f"reward model: {sum(p.numel() for p in rm.parameters()) / 1e6:.2f}M parameters from {cfg.sft_ckpt}")
+    say(f"reward model: {sum(p.numel() for p in rm.parameters()) / 1e6:.2f}M parameters from {cfg.sft_ckpt}")
 
     max_len = rm.gpt.config.block_size
-    _, train = load_pairs(train_file, enc, max_len)
-    val_records, val = load_pairs(val_file, enc, max_len)
+    _, train = load_pairs(train_file, enc, max_len, say)
+    val_records, val = load_pairs(val_file, enc, max_len, say)
     gold, ceiling = None, None
     if world.judges([v["prompt"] for v in val_records]):
         # the gold judge reads raw decoded text, where a finished response ends in end-of-text
         gold = torch.tensor([world.gold_score(v["prompt"], v["chosen"] + EOT) -
                              world.gold_score(v["prompt"], v["rejected"] + EOT) for v in val_records]).sign()
         ceiling = torch.where(gold == 0, 0.5, (gold > 0).float()).mean().item()
-        print(f"raters' ceiling: the held-out labels agree with the gold judge on {ceiling:.1%} of pairs")
+        say(f"raters' ceiling: the held-out labels agree with the gold judge on {ceiling:.1%} of pairs")
 
+    train_rm, replica = parallelize(rm, rt, cfg.fsdp, cfg.compile)
     optimizer = rm.gpt.configure_optimizers(cfg.weight_decay, cfg.lr, (0.9, 0.95), rt.device.type,
                                             extra_params=rm.head.parameters())
     step = 0
     if resumed:
         step = restore_training(resumed, rm, optimizer, rt.scaler)
-        print(f"resumed from {ckpt_path} at step {step}")
-    train_rm = torch.compile(rm) if cfg.compile else rm
-    log = MetricsLog(cfg.out_dir, resume_step=step if resumed else None)
+        say(f"resumed from {ckpt_path} at step {step}")
+    log = MetricsLog(cfg.out_dir, resume_step=step if resumed else None, enabled=rt.master)
 
-    def checkpoint(step, **extra):
-        save_checkpoint(ckpt_path, {"kind": "reward_model", "model": rm.state_dict(),
-                                    "model_config": asdict(rm.gpt.config), "tokenizer": tokenizer_spec,
-                                    "config": asdict(cfg), "step": step,
-                                    **training_state(optimizer, rt.scaler), **extra})
+    def checkpoint(step, state, **extra):  # state: training_state, which every process gathers, the master writes
+        if rt.master:
+            save_checkpoint(ckpt_path, {"kind": "reward_model", "model_config": asdict(rm.gpt.config),
+                                        "tokenizer": tokenizer_spec, "config": asdict(cfg), "step": step, **state,
+                                        **extra})
 
-    bar = tqdm(range(step, cfg.max_steps), initial=step, total=cfg.max_steps, desc="reward", dynamic_ncols=True)
+    bar = tqdm(range(step, cfg.max_steps), initial=step, total=cfg.max_steps, desc="reward", dynamic_ncols=True,
+               disable=not rt.master)
     t0, start = time.time(), step
     for step in bar:
         lr = lr_at(step, cfg.max_steps, cfg.lr, cfg.warmup_steps)
         for group in optimizer.param_groups:
             group["lr"] = lr
         batch = [train[i] for i in batch_at(len(train), cfg.batch_size, step, cfg.seed)]
-        ids, mask = collate(batch, enc.eot_token, rt.device)
+        mine = batch[rt.rank::rt.world_size]  # under torchrun each process takes a slice of the same batch
+        ids, mask = collate(mine, enc.eot_token, rt.device)
         with rt.autocast():
             chosen, rejected = train_rm(ids, mask).chunk(2)
-            loss = preference_loss(chosen, rejected, cfg.margin, cfg.center_coef)
-        check_finite(loss.item(), step, ckpt_path)
-        rt.scaler.scale(loss).backward()
+            # the mean over the whole batch: this slice's mean, weighed by its share of the pairs
+            loss = preference_loss(chosen, rejected, cfg.margin, cfg.center_coef) * len(mine) / len(batch)
+        # every process must see the same loss, so that all of them stop together
+        total_loss, correct = all_sum(torch.stack([loss.detach().float(), (chosen > rejected).sum().float()])).tolist()
+        check_finite(total_loss, step, ckpt_path)
+        rt.scaler.scale(loss * rt.world_size).backward()  # x world_size: DDP (or FSDP) averages over processes
         rt.scaler.unscale_(optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(rm.parameters(), cfg.grad_clip)
         rt.scaler.step(optimizer)
@@ -245,19 +259,29 @@ def main(argv=None):
         optimizer.zero_grad(set_to_none=True)
 
         done = step + 1
-        metrics = {"loss": loss.item(), "accuracy": (chosen > rejected).float().mean().item(), "lr": lr,
-                   "grad_norm": grad_norm.item(), "pairs_per_s": (done - start) * cfg.batch_size / (time.time() - t0)}
+        metrics = {"loss": total_loss, "accuracy": correct / len(batch), "lr": lr, "grad_norm": grad_norm.item(),
+                   "pairs_per_s": (done - start) * cfg.batch_size / (time.time() - t0)}
         if done % cfg.eval_interval == 0 and done < cfg.max_steps:  # the last one comes after normalising
-            metrics.update(evaluate(rm, val, cfg, rt, enc.eot_token, gold))
+            scorer = whole(rm, replica)  # every process: under FSDP the master evaluates a whole copy
+            if rt.master:
+                metrics.update(evaluate(scorer, val, cfg, rt, enc.eot_token, gold))
         log.log(done, **metrics)
         bar.set_postfix(loss=f"{metrics['loss']:.3f}", **({"val_acc": f"{metrics['val_accuracy']:.3f}"}
                                                           if "val_accuracy" in metrics else {}))
         if done % cfg.ckpt_interval == 0 and done < cfg.max_steps:
-            checkpoint(done)
+            checkpoint(done, training_state(rm, optimizer, rt.scaler))
     bar.close()
 
     prompts = [r["prompt"] for r in read_jsonl(prompts_file, ("prompt",))][:cfg.n_norm]
-    raw, ended = normalise(rm, policy, enc, prompts, cfg, rt)
+    scorer = whole(rm, replica)
+    raw, ended = normalise(scorer, policy, enc, prompts, cfg, rt)  # every process samples a share of the prompts
+    rm.gain.copy_(scorer.gain)  # under FSDP the scorer is a copy, and the checkpoint is read from rm
+    rm.bias.copy_(scorer.bias)
+    final = training_state(rm, optimizer, rt.scaler)
+    rm = scorer  # from here the master goes on alone
+    leave_processes(rt)
+    if not rt.master:
+        return None
     summary = {**evaluate(rm, val, cfg, rt, enc.eot_token, gold), "norm_gain": rm.gain.item(),
                "norm_bias": rm.bias.item(), "norm_ended": ended.float().mean().item()}
     print(f"normalised: reward = {summary['norm_gain']:.3f} * head {summary['norm_bias']:+.3f}, so that the SFT "
@@ -269,7 +293,7 @@ def main(argv=None):
         summary["raters_ceiling"] = ceiling
         print(f"agreement with the gold judge {summary['val_gold_agreement']:.1%}; the raters' own: {ceiling:.1%}")
     log.log(cfg.max_steps, **{f"final/{k}": v for k, v in summary.items()})
-    checkpoint(cfg.max_steps, summary=summary)
+    checkpoint(cfg.max_steps, final, summary=summary)
     print(f"saved {ckpt_path}")
     return summary
 

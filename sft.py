@@ -19,12 +19,12 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-from common import (MetricsLog, batch_at, check_finite, encode_prompts, fit_to_context, load_policy, lr_at, pad,
-                    pretrained_dir, print_config, print_samples, read_jsonl, restore_training, run_config,
-                    save_checkpoint, setup_runtime, train_tokenizer, training_state, write_jsonl)
+from common import (MetricsLog, all_sum, batch_at, check_finite, check_split, encode_prompts, fit_to_context,
+                    leave_processes, load_policy, lr_at, master_first, pad, parallelize, pretrained_dir, print_config,
+                    print_samples, read_jsonl, restore_training, run_config, save_checkpoint, setup_runtime,
+                    train_tokenizer, training_state, whole, write_jsonl)
 from data import world
 from evaluate import evaluate_policy, summary_lines
 from model import GPT, GPTConfig
@@ -59,6 +59,7 @@ class Config:
     device: str = "auto"  # auto, cpu, cuda, cuda:N
     dtype: str = "auto"  # auto (bf16 or fp16 on CUDA, fp32 on CPU), float32, bfloat16, float16
     compile: bool = False  # torch.compile the model for training
+    fsdp: bool = False  # under torchrun: shard the weights, gradients and optimizer state across the processes (FSDP2), not copy them (DDP)
     seed: int = 0  # seed of initialisation, data order and sampling
     resume: bool = False  # continue the run in out_dir from its checkpoint
 
@@ -109,9 +110,7 @@ def val_loss(model, examples, cfg, rt, pad_id):
 def main(argv=None):
     cfg, ckpt_path, resumed = run_config(Config, argv)
     rt = setup_runtime(cfg.device, cfg.dtype, cfg.seed)
-    if cfg.batch_size < rt.world_size:
-        raise SystemExit(f"--batch_size {cfg.batch_size} is smaller than the {rt.world_size} processes, which each "
-                         f"take a slice of every micro-batch: give at least {rt.world_size}, or run fewer processes")
+    check_split(cfg.batch_size, "--batch_size", rt)
     say = print if rt.master else lambda *a, **k: None
     say("sft config:")
     if rt.master:
@@ -119,7 +118,8 @@ def main(argv=None):
 
     builtin = not cfg.train_file
     if builtin:
-        data_dir, builtin_tokenizer = world.builtin_task()
+        with master_first(rt):  # the master generates the task and trains its tokenizer, the others read them
+            data_dir, builtin_tokenizer = world.builtin_task()
         files = (f"{data_dir}/sft_train.jsonl", f"{data_dir}/sft_val.jsonl",
                  cfg.eval_prompts or f"{data_dir}/eval_prompts.jsonl")
     elif not (cfg.val_file and cfg.eval_prompts):
@@ -157,22 +157,19 @@ def main(argv=None):
     max_len = min(cfg.block_size, model.config.block_size)
     train = load_examples(train_file, enc, max_len, say)
     val = load_examples(val_file, enc, max_len, say)
+    train_model, replica = parallelize(model, rt, cfg.fsdp, cfg.compile)
     optimizer = model.configure_optimizers(cfg.weight_decay, cfg.lr, (0.9, 0.95), rt.device.type)
     step = 0
     if resumed:
         step = restore_training(resumed, model, optimizer, rt.scaler)
         say(f"resumed from {ckpt_path} at step {step}")
-    train_model = torch.compile(model) if cfg.compile else model
-    if rt.world_size > 1:
-        train_model = DDP(train_model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
     log = MetricsLog(cfg.out_dir, resume_step=step if resumed else None, enabled=rt.master)
 
-    def checkpoint(step, **extra):
+    def checkpoint(step, state, **extra):  # state: training_state, which every process gathers, the master writes
         if rt.master:
-            save_checkpoint(ckpt_path, {"kind": "policy", "model": model.state_dict(),
-                                        "model_config": asdict(model.config), "tokenizer": tokenizer_spec,
-                                        "config": asdict(cfg), "step": step,
-                                        **training_state(optimizer, rt.scaler), **extra})
+            save_checkpoint(ckpt_path, {"kind": "policy", "model_config": asdict(model.config),
+                                        "tokenizer": tokenizer_spec, "config": asdict(cfg), "step": step, **state,
+                                        **extra})
 
     model.train()
     bar = tqdm(range(step, cfg.max_steps), initial=step, total=cfg.max_steps, desc="sft", dynamic_ncols=True,
@@ -193,17 +190,16 @@ def main(argv=None):
             mine = batch[rt.rank::rt.world_size]  # under torchrun each process takes a slice of the same batch
             share = sum(sum(m[1:]) for _, m in mine) / n_trained
             ids, loss_mask = collate(mine, enc.eot_token, rt.device)
-            sync = micro == cfg.grad_accum - 1 or rt.world_size == 1
+            # DDP averages the gradients once, after the last micro-batch; FSDP reduces each micro-batch's into shards
+            sync = micro == cfg.grad_accum - 1 or rt.world_size == 1 or cfg.fsdp
             with contextlib.nullcontext() if sync else train_model.no_sync():
                 with rt.autocast():
                     loss = sft_loss(train_model, ids, loss_mask) * share
-                rt.scaler.scale(loss * rt.world_size).backward()  # x world_size: DDP averages over processes
+                rt.scaler.scale(loss * rt.world_size).backward()  # x world_size: DDP (or FSDP) averages over processes
             loss_sum += loss.item()
             tokens_seen += ids.numel()
-        if rt.world_size > 1:  # every process must see the same loss, so that all of them stop together
-            loss_sum = torch.tensor(loss_sum, device=rt.device)
-            dist.all_reduce(loss_sum)
-            loss_sum = loss_sum.item()
+        # every process must see the same loss, so that all of them stop together
+        loss_sum = all_sum(torch.tensor(loss_sum, device=rt.device)).item()
         check_finite(loss_sum, step, ckpt_path)
         rt.scaler.unscale_(optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -221,10 +217,11 @@ def main(argv=None):
         log.log(done, **metrics)
         bar.set_postfix(loss=f"{loss_sum:.3f}", **({"val": f"{metrics['val_loss']:.3f}"} if "val_loss" in metrics else {}))
         if done % cfg.ckpt_interval == 0 and done < cfg.max_steps:
-            checkpoint(done)
+            checkpoint(done, training_state(model, optimizer, rt.scaler))
     bar.close()
-    if rt.world_size > 1:
-        dist.destroy_process_group()
+    final = training_state(model, optimizer, rt.scaler)
+    model = whole(model, replica)  # from here the master goes on alone: under FSDP, with a whole copy of the model
+    leave_processes(rt)
     if not rt.master:
         return None
 
@@ -237,7 +234,7 @@ def main(argv=None):
     print(summary_lines("sft", summary, len(prompts), prompts_file))
     write_jsonl(Path(cfg.out_dir) / "samples.jsonl", rows)
     log.log(cfg.max_steps, **{f"final/{k}": v for k, v in summary.items()})
-    checkpoint(cfg.max_steps, summary=summary)
+    checkpoint(cfg.max_steps, final, summary=summary)
     print(f"saved {ckpt_path}")
     return summary
 

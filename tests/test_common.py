@@ -1,9 +1,13 @@
 import json
+import os
+import socket
+import time
 from dataclasses import asdict
 
 import pytest
 import torch
 
+import common
 import dpo
 import reward
 from common import batch_at, fit_pair_to_context, load_policy, response_logprobs, save_checkpoint
@@ -104,3 +108,32 @@ def test_response_logprobs_are_those_of_the_full_forward():
     full = torch.log_softmax(logits / 0.7, -1).gather(2, response[..., None]).squeeze(2)
     torch.testing.assert_close(logp, full * resp_mask)
     assert (logp[resp_mask == 0] == 0).all() and (logp[resp_mask == 1] < 0).all()
+
+
+def collectives(rank, port, out):
+    """What each of two gloo processes sees of common's helpers for torchrun: a test spawns it."""
+    os.environ.update(RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    rt = common.setup_runtime("cpu")
+    with common.master_first(rt):
+        if rt.master:
+            time.sleep(0.5)  # slow to write: the other process must still wait for it
+            (out / "data").write_text("written")
+        seen = (out / "data").read_text()
+    rows = torch.arange(3 + 2 * rank, dtype=torch.float32)[:, None] * (rank + 1)  # 3 rows, then 5
+    torch.save({"seen": seen, "rows": common.all_gather_rows(rows), "sum": common.all_sum(torch.tensor(rank + 1.0)),
+                "mean": common.all_mean({"x": 1.0 + rank}, rt.device),
+                "objects": common.all_gather_objects(f"rank {rank}")}, out / f"{rank}.pt")
+    common.leave_processes(rt)
+
+
+def test_helpers_for_several_processes(tmp_path):
+    with socket.socket() as s:  # a free port for the processes to meet on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    torch.multiprocessing.spawn(collectives, args=(port, tmp_path), nprocs=2)
+    for rank in (0, 1):
+        got = torch.load(tmp_path / f"{rank}.pt", weights_only=True)
+        assert got["seen"] == "written"  # the master wrote before the other read
+        torch.testing.assert_close(got["rows"], torch.tensor([0, 1, 2, 0, 2, 4, 6, 8.0])[:, None])
+        assert got["sum"].item() == 3 and got["mean"] == {"x": 1.5} and got["objects"] == ["rank 0", "rank 1"]
+

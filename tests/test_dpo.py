@@ -274,3 +274,34 @@ def test_samples_are_scored_by_the_reward_model_where_there_is_one(workdir):
     assert {"score", "rm_win_rate", "sft_score"} <= summary.keys() and "reward-model win-rate" in stdout
     rows = [json.loads(l) for l in (workdir / "out" / "scored" / "samples.jsonl").read_text().splitlines()]
     assert len(rows) == 4 and all({"score", "gold", "label"} <= r.keys() for r in rows)
+
+
+def test_fsdp_on_two_torchrun_processes_equals_one_and_one_process_resumes_it(workdir, tmp_path):
+    """
+    FSDP on CPU (gloo): each process takes half of every batch and computes half of the reference's log-probs; the
+    losses and weights match one process. Its checkpoint is a whole one, which a single process resumes.
+    """
+    args = TINY + own_jsonl(tmp_path) + ["--sft_ckpt", str(workdir / "out" / "sft" / "ckpt.pt")]
+    dpo.main(args + ["--out_dir", str(tmp_path / "one")])
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          str(ROOT / "dpo.py"), *args, "--out_dir", str(tmp_path / "fsdp"), "--fsdp"],
+                         capture_output=True, text=True, timeout=300)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert two.stdout.count("saved") == 1  # the master alone reports and writes
+    one, fsdp = read_metrics(tmp_path / "one"), read_metrics(tmp_path / "fsdp")
+    for key in ("loss", "rewards/margins", "rewards/accuracies", "logps/chosen", "grad_norm"):
+        assert [m[key] for m in fsdp[:4]] == pytest.approx([m[key] for m in one[:4]], abs=1e-4), key
+    assert one[0]["loss"] == pytest.approx(math.log(2), abs=1e-6)  # the gathered reference lines up with its pairs
+    assert fsdp[1]["eval/rewards/accuracies"] == one[1]["eval/rewards/accuracies"]  # the master evaluated
+
+    def weights(run):
+        return torch.load(tmp_path / run / "ckpt.pt", weights_only=True)["model"]
+
+    for k, v in weights("one").items():
+        torch.testing.assert_close(weights("fsdp")[k], v, atol=1e-5, rtol=1e-4)
+    # two more steps from each checkpoint, in one process: the optimizer's state went across too
+    for run in ("one", "fsdp"):
+        dpo.main(["--out_dir", str(tmp_path / run), "--resume", "--max_steps", "6"])
+    for k, v in weights("one").items():
+        torch.testing.assert_close(weights("fsdp")[k], v, atol=1e-5, rtol=1e-4)
+

@@ -1,4 +1,6 @@
 import json
+import os
+import socket
 import subprocess
 import sys
 from dataclasses import asdict
@@ -293,6 +295,75 @@ def test_policy_and_value_gradient_norms_are_logged_apart():
         assert s["grad_norm/value"] == 0 and s["grad_norm/policy"] == pytest.approx(s["grad_norm"])
 
 
+class Scripted:
+    """Stands in for sampling: each prompt gets the response it got once, whichever process holds it."""
+
+    def __init__(self, prompts, tokens):
+        self.responses = {tuple(p): row for p, row in zip(prompts, tokens)}
+
+    def generate(self, prompt, prompt_mask, max_new_tokens, eot_id, temperature, generator=None):
+        return torch.stack([self.responses[tuple(p[m.bool()].tolist())] for p, m in zip(prompt, prompt_mask)]), None
+
+
+def scripted_setup():
+    """tiny_setup moved off the reference, with rewards whitened, one minibatch per epoch, and its responses fixed."""
+    agent, ref, cfg, prompts = tiny_setup()
+    agent.gpt.lm_head.weight.data += 0.3 * torch.randn_like(agent.gpt.lm_head.weight)
+    cfg.whiten_rewards, cfg.minibatch = True, cfg.rollout_batch
+    prompt, prompt_mask = common.pad(prompts, EOT, left=True)
+    tokens, _ = agent.gpt.generate(prompt, prompt_mask, cfg.max_new_tokens, EOT,
+                                   generator=torch.Generator().manual_seed(1))
+    return agent, ref, cfg, prompts, Scripted(prompts, tokens)
+
+
+def rollout_and_update(rank, world_size, port, out):
+    """One PPO iteration on this process's rows: what a test spawns in each of two processes."""
+    if world_size > 1:
+        os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    rt = setup_runtime("cpu", seed=0)
+    agent, ref, cfg, prompts, sampler = scripted_setup()
+    batch, stats = ppo.rollout(agent, ref, fake_reward_model, prompts[rank::world_size], 0.1, cfg, rt, EOT, None,
+                               sampler)
+    train_agent, _ = common.parallelize(agent, rt)
+    steps = ppo.ppo_update(agent, torch.optim.Adam(agent.parameters(), lr=cfg.lr), batch, cfg, rt, train_agent)
+    torch.save({"batch": batch, "stats": stats, "steps": steps, "weights": agent.state_dict()}, out / f"{rank}.pt")
+    common.leave_processes(rt)
+
+
+def test_two_processes_reproduce_the_statistics_and_the_update_of_one(tmp_path):
+    """
+    The same 8 responses, held 4 and 4 by two gloo processes: the KL, the whitened rewards and advantages, the
+    explained variance and the update (one minibatch of all 8 rows) are those of one process holding all 8.
+    """
+    with socket.socket() as s:  # a free port for the processes to meet on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    torch.multiprocessing.spawn(rollout_and_update, args=(2, port, tmp_path), nprocs=2)
+    (tmp_path / "one").mkdir()
+    rollout_and_update(0, 1, None, tmp_path / "one")
+    one = torch.load(tmp_path / "one" / "0.pt", weights_only=True)
+    two = [torch.load(tmp_path / f"{rank}.pt", weights_only=True) for rank in (0, 1)]
+    mask = one["batch"]["mask"]
+    assert mask.bool().any(1).all() and (mask == 0).any() and one["stats"]["objective/kl"] > 0.01
+    for name in ("advantages", "returns", "logprobs", "values"):  # rank r holds rows r, r + 2, ...
+        for rank in (0, 1):
+            torch.testing.assert_close(two[rank]["batch"][name], one["batch"][name][rank::2], atol=1e-5, rtol=1e-5)
+    # whitened over all 8 rows: over either half alone the mean would not be 0
+    advantages = torch.cat([t["batch"]["advantages"] for t in two])
+    assert abs(advantages.sum() / torch.cat([t["batch"]["mask"] for t in two]).sum()) < 1e-6
+    assert abs(two[0]["batch"]["advantages"].sum() / two[0]["batch"]["mask"].sum()) > 0.01
+    for stats in (two[0]["stats"], two[1]["stats"]):
+        assert stats.keys() == one["stats"].keys()
+        for k, v in one["stats"].items():
+            assert stats[k] == pytest.approx(v, abs=1e-5), k
+    for step in (0, 1):  # ppo_epochs 2 of one minibatch each
+        for k, v in one["steps"][step].items():
+            assert two[0]["steps"][step][k] == pytest.approx(v, abs=1e-5), k
+    for k, v in one["weights"].items():
+        for rank in (0, 1):
+            torch.testing.assert_close(two[rank]["weights"][k], v, atol=1e-5, rtol=1e-4)
+
+
 def test_command_line_from_dataclass(capsys):
     cfg, given = parse_config(ppo.Config, ["--kl_coef", "0.05", "--adaptive_kl", "--iterations", "3"])
     assert (cfg.kl_coef, cfg.adaptive_kl, cfg.iterations) == (0.05, True, 3)
@@ -352,6 +423,61 @@ def test_resume_after_interruption_gives_the_same_weights(tiny_stages, monkeypat
             assert torch.equal(v, resumed[part][k]), (part, k)
     steps = [json.loads(l)["step"] for l in (tiny_stages / "interrupted" / "metrics.jsonl").read_text().splitlines()]
     assert steps[:5] == [0, 1, 2, 3, 4]
+
+
+def test_rollout_and_minibatch_must_split_evenly_across_processes(tiny_stages, monkeypatch):
+    four = lambda *a: common.Runtime(torch.device("cpu"), torch.float32, torch.amp.GradScaler("cpu", enabled=False),
+                                     rank=3, world_size=4)
+    monkeypatch.setattr(ppo, "setup_runtime", four)
+    with pytest.raises(SystemExit, match="--rollout_batch 4 and --minibatch 2 must be multiples of the 4 processes"):
+        ppo.main(tiny_ppo_args(tiny_stages, "four"))
+
+
+def test_two_torchrun_processes_with_fsdp_and_their_resume(tiny_stages):
+    """
+    ppo.py under torchrun, the policy sharded by FSDP (gloo): each process samples half of the prompts. Where the
+    math says so it agrees with one process, and a run resumed from its checkpoint of iteration 2 (which holds
+    each process's sampling generator) ends where the uninterrupted run does.
+    """
+    script = tiny_stages / "snapshot.py"  # ppo.py, copying its out_dir aside at its checkpoint of iteration 2
+    script.write_text(f"""import shutil, sys
+sys.path.insert(0, {str(ROOT)!r})
+import ppo
+real_save = ppo.save_checkpoint
+def save(path, obj):
+    real_save(path, obj)
+    if obj["step"] == 2:
+        shutil.copytree(path.parent, path.parent.with_name("resumed"))
+ppo.save_checkpoint = save
+ppo.main(sys.argv[1:])
+""")
+
+    def torchrun(script, *args):
+        out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                              str(script), *args, "--fsdp"], capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr[-3000:]
+        assert out.stdout.count("saved") == 1  # the master alone reports and writes
+
+    torchrun(script, *tiny_ppo_args(tiny_stages, "straight"))
+    torchrun(ROOT / "ppo.py", "--out_dir", str(tiny_stages / "resumed"), "--resume")
+    straight, resumed = (common.load_checkpoint(tiny_stages / run / "ckpt.pt") for run in ("straight", "resumed"))
+    assert resumed["step"] == straight["step"] == 4 and resumed["kl_coef"] == straight["kl_coef"]
+    for part in ("model", "value_head"):
+        for k, v in straight[part].items():
+            torch.testing.assert_close(resumed[part][k], v, atol=1e-6, rtol=1e-6)
+    assert len(straight["generators"]) == 2 and not torch.equal(*straight["generators"])
+    common.load_policy(tiny_stages / "straight" / "ckpt.pt")  # a whole policy, which one process loads
+
+    ppo.main(tiny_ppo_args(tiny_stages, "one"))
+    read = lambda run: [json.loads(l) for l in (tiny_stages / run / "metrics.jsonl").read_text().splitlines()]
+    one, two = read("one"), read("straight")
+    assert [l["step"] for l in two] == [0, 1, 2, 3, 4, 4]
+    assert one[0] == two[0]  # the master alone samples the SFT policy's baseline, as one process does
+    for lines in (one, two):
+        # before the first update the policy is the reference; beta then moves by the KL of all 4 rollouts
+        assert lines[1]["objective/kl"] == pytest.approx(0, abs=1e-6)
+        assert lines[1]["objective/kl_k3"] == pytest.approx(0, abs=1e-6)
+        assert lines[2]["objective/beta"] == pytest.approx(0.1 * (1 - 0.2 * 4 / 16))
 
 
 def test_smoke_through_the_command_line(tmp_path):

@@ -158,6 +158,47 @@ def test_resume_after_interruption_gives_the_same_weights(tiny_task, monkeypatch
     assert resumed["summary"] == straight["summary"]
 
 
+def test_two_torchrun_processes_equal_one(tiny_task):
+    """
+    DDP on CPU (gloo): each process takes half of every batch of pairs, and the losses and weights match one process;
+    the normalisation is set from the samples of both processes, each of which answered half of the prompts.
+    """
+    # the centering term pins the rewards' common level, which the loss alone leaves to rounding noise (that Adam
+    # would blow up into steps of the learning rate)
+    args = lambda out: tiny_args(tiny_task, out) + ["--center_coef", "0.1"]
+    reward.main(args("one"))
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          str(ROOT / "reward.py"), *args("two")], capture_output=True, text=True, timeout=300)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert two.stdout.count("saved") == 1  # the master alone reports and writes
+    a, b = (common.load_checkpoint(tiny_task / run / "ckpt.pt")["model"] for run in ("one", "two"))
+    for k in a.keys() - {"gain", "bias"}:
+        torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-4)
+    read = lambda run: [json.loads(l) for l in (tiny_task / run / "metrics.jsonl").read_text().splitlines()]
+    for x, y in zip(read("one")[:8], read("two")[:8]):
+        assert (x["loss"], x["accuracy"]) == pytest.approx((y["loss"], y["accuracy"]), abs=1e-5)
+    assert read("two")[3]["val_accuracy"] == pytest.approx(read("one")[3]["val_accuracy"])  # the master evaluated
+
+    # process r sampled prompts r, r + 2, ... with seed r: over all of them the raw rewards set the gain and bias
+    policy, spec, _ = load_policy(tiny_task / "sft.pt")
+    enc = load_tokenizer(spec)
+    rm, _ = load_reward_model(tiny_task / "two" / "ckpt.pt")
+    rm.gain.fill_(1.0)
+    rm.bias.zero_()
+    prompts = [json.loads(l)["prompt"] for l in (tiny_task / "prompts.jsonl").read_text().splitlines()][:12]
+    rt = setup_runtime("cpu", "float32", 0)
+    raw, ended = [], []
+    for rank in (0, 1):
+        for p, pm, t, m in sample(policy, common.encode_prompts(enc, prompts[rank::2], 64 - 8), rt, enc.eot_token, 8,
+                                  1.0, 64, rank):
+            with torch.no_grad():
+                raw.append(rm(torch.cat([p, t], 1), torch.cat([pm, m], 1)))
+            ended.append((t == enc.eot_token).any(1))
+    gain, bias = reward.normalisation(torch.cat(raw), torch.cat(ended))
+    assert (b["gain"].item(), b["bias"].item()) == pytest.approx((gain.item(), bias.item()), rel=1e-4)
+    assert b["gain"] != a["gain"]  # not one process's normalisation: its samples are others
+
+
 def test_help_lists_every_field():
     out = subprocess.run([sys.executable, str(ROOT / "reward.py"), "--help"], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr

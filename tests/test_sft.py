@@ -208,21 +208,25 @@ def test_smoke_builtin_task_through_the_command_line(tmp_path):
 
 
 def test_two_torchrun_processes_equal_one(tiny_data):
-    """DDP on CPU (gloo): each process takes half of every batch; the weights match a single process."""
-    # dropout masks differ per split; each run trains its tokenizer (the same), the second on one process only
-    args = tiny_args(tiny_data, "one", tokenizer=False) + ["--grad_accum", "2", "--dropout", "0"]
-    one = subprocess.run([sys.executable, str(ROOT / "sft.py"), *args], capture_output=True, text=True, timeout=300)
-    assert one.returncode == 0, one.stderr
-    args = tiny_args(tiny_data, "two", tokenizer=False) + ["--grad_accum", "2", "--dropout", "0"]
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                          str(ROOT / "sft.py"), *args], capture_output=True, text=True, timeout=300)
-    assert two.returncode == 0, two.stderr
+    """
+    DDP, then FSDP, on CPU (gloo): each process takes half of every batch; the weights match a single process.
+    """
+    # dropout masks differ per split; each run trains its tokenizer (the same), the torchrun ones on one process only
+    args = lambda out: tiny_args(tiny_data, out, tokenizer=False) + ["--grad_accum", "2", "--dropout", "0"]
+    sft.main(args("one"))
+    for run, flags in (("two", []), ("fsdp", ["--fsdp"])):
+        out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                              str(ROOT / "sft.py"), *args(run), *flags], capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.count("saved") == 1  # the master alone reports and writes
     a = common.load_checkpoint(tiny_data / "one" / "ckpt.pt")["model"]
-    b = common.load_checkpoint(tiny_data / "two" / "ckpt.pt")["model"]
-    for k in a:
-        torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-4)
-    # and training did happen: both losses fell alike
+    for run in ("two", "fsdp"):
+        b = common.load_checkpoint(tiny_data / run / "ckpt.pt")["model"]
+        assert a.keys() == b.keys()
+        for k in a:
+            torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-4)
+    # and training did happen: the losses fell alike
     losses = [[json.loads(l)["loss"] for l in (tiny_data / run / "metrics.jsonl").read_text().splitlines()[:8]]
-              for run in ("one", "two")]
+              for run in ("one", "two", "fsdp")]
     assert losses[0][-1] < losses[0][0]
-    assert losses[0] == pytest.approx(losses[1], abs=1e-4)
+    assert losses[0] == pytest.approx(losses[1], abs=1e-4) and losses[0] == pytest.approx(losses[2], abs=1e-4)
