@@ -5,8 +5,9 @@ sampling from the SFT policy for N = 1, 2, 4, ..., 64 (the gold score of the rew
 samples, at KL log N - (N - 1)/N, an upper bound on its true KL); one curve per method.
 
 It needs the default pipeline's SFT model, labels and reward model (python sft.py && python label.py && python
-reward.py), and trains PPO and DPO once per beta with everything else at their defaults. About 30 minutes on two idle
-CPU cores with the defaults below (python -m experiments.frontier --tiny: a smoke run in seconds).
+reward.py), and trains PPO and DPO once per beta with everything else at their defaults. Estimated at 10 to 20
+minutes on two idle CPU cores with the defaults below, measured in pieces (python -m experiments.frontier --tiny: a
+smoke run in seconds).
 
     python -m experiments.frontier
     python -m experiments.frontier --ppo_betas 0.05 0.2 --dpo_betas 0.1 0.5 --eval_prompts out/data/val_prompts.jsonl
@@ -27,7 +28,7 @@ class Config:
     ppo_betas: tuple = ("0.02", "0.05", "0.1", "0.3")  # PPO's per-token KL coefficients, one run each
     dpo_betas: tuple = ("0.1", "0.25", "0.5", "1.0")  # DPO's beta, one run each
     bon_max: int = 64  # best-of-N for N = 1, 2, 4, ... up to this, from bon_max samples per prompt
-    bon_prompts: int = 128  # held-out prompts for best-of-N (PPO and DPO are evaluated on their n_eval)
+    bon_prompts: int = 256  # held-out prompts for best-of-N (PPO and DPO answer n_eval of them: 256 by default)
     max_new_tokens: int = 64  # best-of-N's response length limit (the stages' default)
     seed: int = 0  # of every run and of best-of-N's samples
     tiny: bool = False  # a smoke run in seconds: tiny stages, one beta each, N up to 4 on 4 prompts

@@ -14,8 +14,9 @@ gold gain over the SFT policy is fitted with Gao et al.'s forms by least squares
 and alpha, beta and R^2 are reported for each reward model.
 
 It needs the default pipeline's SFT model, labels and reward model (python sft.py && python label.py && python
-reward.py); it trains the small reward model and four PPO runs. About 30 minutes on two idle CPU cores with the
-defaults below (python -m experiments.overoptimisation --tiny: a smoke run in seconds).
+reward.py); it trains the small reward model and four PPO runs. Estimated at 15 to 25 minutes on two idle CPU cores
+with the defaults below, measured in pieces, if the long runs' replies stay as short as the SFT policy's (python -m
+experiments.overoptimisation --tiny: a smoke run in seconds).
 
     python -m experiments.overoptimisation
     python -m experiments.overoptimisation --fraction 0.2 --iterations 200 --eval_prompts out/data/val_prompts.jsonl

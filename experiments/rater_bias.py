@@ -10,7 +10,8 @@ the defaults. Reported before (the SFT policy) and after PPO, on held-out prompt
 score, the share of flattering replies (any of data.world.FLATTERY's phrases) and the mean length.
 
 It needs the default pipeline's SFT model, labels and reward model (python sft.py && python label.py && python
-reward.py). About 10 minutes on two idle CPU cores (python -m experiments.rater_bias --tiny: a smoke run in seconds).
+reward.py). Estimated at 5 minutes on two idle CPU cores, measured in pieces (python -m experiments.rater_bias --tiny:
+a smoke run in seconds).
 
     python -m experiments.rater_bias
     python -m experiments.rater_bias --rater_bias 3 --eval_prompts out/data/val_prompts.jsonl
@@ -83,9 +84,10 @@ def run(cfg, bar):
         raise SystemExit(f"{base_label} holds no samples.jsonl: run `python label.py` (this version) first")
 
     # the same comparison sets, labelled by biased raters: label.py finds them drawn, with the settings in meta.json
+    # (if the SFT model is no longer the one that drew them, label.py draws anew from it)
     biased = Path(cfg.out_dir, "label_biased")
     biased.mkdir(parents=True, exist_ok=True)
-    sampling = json.loads((base_label / "meta.json").read_text())["sampling"]
+    sampling = {**json.loads((base_label / "meta.json").read_text())["sampling"], "sft_ckpt": sft_ckpt}
     if not (biased / "samples.jsonl").exists():
         shutil.copy(base_label / "samples.jsonl", biased / "samples.jsonl")
         (biased / "meta.json").write_text(json.dumps({"sampling": sampling}, indent=2))

@@ -85,21 +85,31 @@ def rows_of(path):
     return [json.loads(line) for line in Path(path).read_text().splitlines()]
 
 
-def test_frontier(base):
-    stdout = run(base, "-m", "experiments.frontier", "--tiny", "--ppo_betas", "0.1", "0.5")
-    rows = rows_of(base / "out/experiments/frontier/frontier.jsonl")
+def test_frontier_without_matplotlib_then_its_figure(base):
+    """The numbers come without matplotlib, which is optional; --plot_only then draws them."""
+    hide = "import runpy, sys; sys.modules['matplotlib'] = None; sys.argv[0] = 'frontier'; " \
+           "runpy.run_module('experiments.frontier', run_name='__main__', alter_sys=True)"
+    out = base / "out/experiments/frontier"
+    stdout = run(base, "--tiny", "--ppo_betas", "0.1", "0.5", code=hide)
+    assert "pip install matplotlib" in stdout and not (out / "frontier.png").exists()
+    rows = rows_of(out / "frontier.jsonl")
     points = [r for r in rows if r["type"] == "point"]
     assert [(r["method"], r.get("beta", r.get("n"))) for r in points] == \
         [("ppo", 0.1), ("ppo", 0.5), ("dpo", 0.5), ("best-of-n", 1), ("best-of-n", 2), ("best-of-n", 4)]
     for r in points[:3]:
         assert {"kl", "gold", "score", "win_rate", "sft_gold", "seconds"} <= r.keys()
-    ppo_ckpt = load_checkpoint(base / "out/experiments/frontier/ppo_beta0.5/ckpt.pt")
+    ppo_ckpt = load_checkpoint(out / "ppo_beta0.5/ckpt.pt")
     assert ppo_ckpt["config"]["kl_coef"] == 0.5 and ppo_ckpt["config"]["seed"] == 0
     bon = points[3:]
     assert [r["kl"] for r in bon] == [best_of_n_kl(n) for n in (1, 2, 4)]
     # the reward model's favourite of more samples scores higher, on average
     assert bon[0]["score"] < bon[1]["score"] < bon[2]["score"]
     assert rows[-1]["type"] == "time" and rows[-1]["seconds"] > 0
+
+    pytest.importorskip("matplotlib")
+    before = (out / "frontier.jsonl").read_text()
+    stdout = run(base, "-m", "experiments.frontier", "--plot_only")
+    assert (out / "frontier.png").read_bytes()[:4] == b"\x89PNG" and (out / "frontier.jsonl").read_text() == before
     assert "best-of-n" in stdout
 
 
@@ -165,16 +175,3 @@ def test_seeds_reuses_the_base_run_for_its_seed(base):
         assert summary[metric]["n"] == 2 and summary[metric]["mean"] == pytest.approx(sum(values) / 2)
         assert summary[metric]["std"] == pytest.approx(abs(values[0] - values[1]) / math.sqrt(2))
     assert "seed 0: reused sft, label, reward" in stdout
-
-
-def test_numbers_without_matplotlib_then_the_figure_from_them(base, tmp_path):
-    hide = "import runpy, sys; sys.modules['matplotlib'] = None; sys.argv[0] = 'frontier'; " \
-           "runpy.run_module('experiments.frontier', run_name='__main__', alter_sys=True)"
-    out = tmp_path / "frontier"
-    stdout = run(base, "--tiny", "--out_dir", out, code=hide)
-    assert "pip install matplotlib" in stdout and (out / "frontier.jsonl").exists() and not (out / "frontier.png").exists()
-    pytest.importorskip("matplotlib")
-    before = (out / "frontier.jsonl").read_text()
-    stdout = run(base, "-m", "experiments.frontier", "--plot_only", "--out_dir", out)
-    assert (out / "frontier.png").read_bytes()[:4] == b"\x89PNG" and (out / "frontier.jsonl").read_text() == before
-    assert "best-of-n" in stdout
