@@ -100,6 +100,10 @@ def draw(plt, rows):
     sft = [r["sft_gold"] for r in rows if "sft_gold" in r]
     if sft:
         ax.axhline(sum(sft) / len(sft), color="grey", linestyle="--", linewidth=1, label="SFT")
+    kls = [r["kl"] for r in rows if r.get("type") == "point"]
+    if max(kls) > 20:  # a run whose KL ran away would squash the others
+        ax.set_xscale("symlog", linthresh=1)
+        ax.set_xlim(left=min(0, min(kls)) - 0.05)
     ax.set_xlabel("KL to the SFT policy (nats per response)")
     ax.set_ylabel("gold score, held-out prompts")
     ax.set_title("The KL-gold frontier\nbest-of-N at log N - (N-1)/N, an upper bound on its KL", fontsize=10)

@@ -14,12 +14,11 @@ gold gain over the SFT policy is fitted with Gao et al.'s forms by least squares
 and alpha, beta and R^2 are reported for each reward model.
 
 It needs the default pipeline's SFT model, labels and reward model (python sft.py && python label.py && python
-reward.py); it trains the small reward model and four PPO runs. Estimated at 15 to 25 minutes on two idle CPU cores
-with the defaults below, measured in pieces, if the long runs' replies stay as short as the SFT policy's (python -m
-experiments.overoptimisation --tiny: a smoke run in seconds).
+reward.py); it trains the small reward model and four PPO runs. Estimated at 10 to 20 minutes on two idle CPU cores
+with the defaults below, measured in pieces (python -m experiments.overoptimisation --tiny: a smoke run in seconds).
 
     python -m experiments.overoptimisation
-    python -m experiments.overoptimisation --fraction 0.2 --iterations 200 --eval_prompts out/data/val_prompts.jsonl
+    python -m experiments.overoptimisation --fraction 0.2 --kl_coef 0.01 --eval_prompts out/data/val_prompts.jsonl
 """
 
 import json
@@ -41,8 +40,8 @@ class Config:
     out_dir: str = "out/experiments/overoptimisation"  # the runs, overoptimisation.jsonl and overoptimisation.png
     eval_prompts: str = ""  # held-out JSONL of {prompt}; empty: the built-in task's (tune on out/data/val_prompts.jsonl)
     fraction: float = 0.1  # share of the labelled training pairs the small reward model learns from
-    iterations: int = 150  # PPO iterations of every run (ppo.py's default run is shorter)
-    eval_interval: int = 10  # evaluate on the held-out prompts every this many iterations
+    iterations: int = 90  # PPO iterations of every run (ppo.py's default run is shorter)
+    eval_interval: int = 3  # evaluate on held-out prompts every this many iterations (with no penalty gold peaks early)
     n_eval: int = 128  # held-out prompts per evaluation
     kl_coef: float = 0.0  # the weak (or no) KL penalty of the over-optimising runs
     bon_max: int = 64  # best-of-N for N = 1, 2, 4, ... up to this, from bon_max samples per prompt
