@@ -71,7 +71,10 @@ def gao_fit(d, gain, form):
 
 
 def small_labels(base, out_dir, fraction, seed):
-    """A random fraction of the default pipeline's labelled training pairs, written to out_dir; returns its path."""
+    """
+    A random fraction of the default pipeline's labelled training pairs, written to out_dir. Returns (the file, the
+    pairs in it, the pairs of the default pipeline).
+    """
     pairs = Path(base, "label", "prefs_train.jsonl").read_text().splitlines()
     kept = random.Random(seed).sample(pairs, max(1, round(fraction * len(pairs))))
     path = Path(out_dir, "labels_small", "prefs_train.jsonl")
@@ -99,7 +102,7 @@ def run(cfg, bar):
     rows = []
 
     small, n_small, n_all = small_labels(cfg.base, cfg.out_dir, cfg.fraction, cfg.seed)
-    summary, seconds = run_stage(bar, "reward", f"{cfg.out_dir}/reward_small", [
+    summary, _ = run_stage(bar, "reward", f"{cfg.out_dir}/reward_small", [
         "--sft_ckpt", sft_ckpt, "--train_file", small, "--val_file", f"{cfg.base}/label/prefs_val.jsonl",
         "--prompts_file", f"{data_dir}/prompts_train.jsonl", "--seed", cfg.seed], cfg.tiny)
     reward_models = {"all": f"{cfg.base}/reward/ckpt.pt", "small": f"{cfg.out_dir}/reward_small/ckpt.pt"}

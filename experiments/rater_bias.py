@@ -83,14 +83,14 @@ def run(cfg, bar):
     if not (base_label / "samples.jsonl").exists():
         raise SystemExit(f"{base_label} holds no samples.jsonl: run `python label.py` (this version) first")
 
-    # the same comparison sets, labelled by biased raters: label.py finds them drawn, with the settings in meta.json
-    # (if the SFT model is no longer the one that drew them, label.py draws anew from it)
+    # the same comparison sets, labelled anew by biased raters: label.py finds them drawn, with the settings in
+    # meta.json (if the SFT model is no longer the one that drew them, it draws anew from it)
     biased = Path(cfg.out_dir, "label_biased")
-    biased.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(biased, ignore_errors=True)  # an earlier run's answers may be of another bias
+    biased.mkdir(parents=True)
     sampling = {**json.loads((base_label / "meta.json").read_text())["sampling"], "sft_ckpt": sft_ckpt}
-    if not (biased / "samples.jsonl").exists():
-        shutil.copy(base_label / "samples.jsonl", biased / "samples.jsonl")
-        (biased / "meta.json").write_text(json.dumps({"sampling": sampling}, indent=2))
+    shutil.copy(base_label / "samples.jsonl", biased / "samples.jsonl")
+    (biased / "meta.json").write_text(json.dumps({"sampling": sampling}, indent=2))
     run_stage(bar, "label", biased, [*(x for k in label.SAMPLING for x in (f"--{k}", sampling[k])),
                                      "--prompts_file", sampling["prompts_file"], "--rater_bias", cfg.rater_bias],
               cfg.tiny)

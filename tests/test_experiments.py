@@ -156,6 +156,11 @@ def test_rater_bias(base):
     # the same random numbers, a bias towards flattery: flattering replies are chosen at least as often
     assert runs["biased"]["flattering_chosen"] >= runs["unbiased"]["flattering_chosen"]
     assert "flattering replies" in stdout
+    # again without the bias: the same raters give the very answers of the default pipeline, not the last run's
+    biased_labels = (out / "label_biased/prefs_train.jsonl").read_text()
+    run(base, "-m", "experiments.rater_bias", "--tiny", "--rater_bias", "0")
+    assert (out / "label_biased/prefs_train.jsonl").read_text() == (base / "out/label/prefs_train.jsonl").read_text() \
+        != biased_labels
 
 
 def test_seeds_reuses_the_base_run_for_its_seed(base):
