@@ -5,9 +5,8 @@ sampling from the SFT policy for N = 1, 2, 4, ..., 64 (the gold score of the rew
 samples, at KL log N - (N - 1)/N, an upper bound on its true KL); one curve per method.
 
 It needs the default pipeline's SFT model, labels and reward model (python sft.py && python label.py && python
-reward.py), and trains PPO and DPO once per beta with everything else at their defaults. Estimated at 10 to 20
-minutes on two idle CPU cores with the defaults below, measured in pieces (python -m experiments.frontier --tiny: a
-smoke run in seconds).
+reward.py), and trains PPO and DPO once per beta with everything else at their defaults. About 13 minutes on two
+CPU cores with the defaults below, as estimated from short runs of its pieces; --tiny runs it in seconds.
 
     python -m experiments.frontier
     python -m experiments.frontier --ppo_betas 0.05 0.2 --dpo_betas 0.1 0.5 --eval_prompts out/data/val_prompts.jsonl
@@ -25,8 +24,8 @@ class Config:
     base: str = "out"  # the finished default pipeline: its sft, label and reward stages are where every method starts
     out_dir: str = "out/experiments/frontier"  # the runs, frontier.jsonl and frontier.png
     eval_prompts: str = ""  # held-out JSONL of {prompt}; empty: the built-in task's (tune on out/data/val_prompts.jsonl)
-    ppo_betas: tuple = ("0.02", "0.05", "0.1", "0.3")  # PPO's per-token KL coefficients, one run each
-    dpo_betas: tuple = ("0.1", "0.25", "0.5", "1.0")  # DPO's beta, one run each
+    ppo_betas: tuple = ("0.02", "0.05", "0.1", "0.3", "1.0")  # PPO's per-token KL coefficients, one run each
+    dpo_betas: tuple = ("0.05", "0.1", "0.25", "0.5", "1.0")  # DPO's beta, one run each
     bon_max: int = 64  # best-of-N for N = 1, 2, 4, ... up to this, from bon_max samples per prompt
     bon_prompts: int = 256  # held-out prompts for best-of-N (PPO and DPO answer n_eval of them: 256 by default)
     max_new_tokens: int = 64  # best-of-N's response length limit (the stages' default)

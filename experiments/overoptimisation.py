@@ -14,8 +14,8 @@ gold gain over the SFT policy is fitted with Gao et al.'s forms by least squares
 and alpha, beta and R^2 are reported for each reward model.
 
 It needs the default pipeline's SFT model, labels and reward model (python sft.py && python label.py && python
-reward.py); it trains the small reward model and four PPO runs. Estimated at 10 to 20 minutes on two idle CPU cores
-with the defaults below, measured in pieces (python -m experiments.overoptimisation --tiny: a smoke run in seconds).
+reward.py); it trains the small reward model and four PPO runs. About 13 minutes on two CPU cores with the defaults
+below, as estimated from short runs of its pieces; --tiny runs it in seconds.
 
     python -m experiments.overoptimisation
     python -m experiments.overoptimisation --fraction 0.2 --kl_coef 0.01 --eval_prompts out/data/val_prompts.jsonl

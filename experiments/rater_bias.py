@@ -10,8 +10,7 @@ the defaults. Reported before (the SFT policy) and after PPO, on held-out prompt
 score, the share of flattering replies (any of data.world.FLATTERY's phrases) and the mean length.
 
 It needs the default pipeline's SFT model, labels and reward model (python sft.py && python label.py && python
-reward.py). Estimated at 5 minutes on two idle CPU cores, measured in pieces (python -m experiments.rater_bias --tiny:
-a smoke run in seconds).
+reward.py). About 4 minutes on two CPU cores, as estimated from short runs of its pieces; --tiny runs it in seconds.
 
     python -m experiments.rater_bias
     python -m experiments.rater_bias --rater_bias 3 --eval_prompts out/data/val_prompts.jsonl

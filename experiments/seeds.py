@@ -8,8 +8,8 @@ and the simulated raters' choices, the reward head and data order, PPO's and DPO
 every evaluation's samples); the built-in task itself (its data files, tokenizer and held-out prompts) stays the
 same, as do all other settings, at their defaults. The stages of the pipeline already finished in --base are reused
 for the seed they were run with (normally 0), up to the first one missing or evaluated on other prompts; the rest
-run here. Estimated at 15 to 25 minutes on two idle CPU cores for two new seeds, measured in pieces (python -m
-experiments.seeds --tiny: a smoke run in seconds).
+run here. About 14 minutes on two CPU cores for two new seeds, as estimated from short runs of the stages;
+--tiny runs it in seconds.
 
     python -m experiments.seeds
     python -m experiments.seeds --seeds 0 1 2 3 --eval_prompts out/data/val_prompts.jsonl
