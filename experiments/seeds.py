@@ -59,7 +59,7 @@ def finished(stage_dir, stage, seed, eval_prompts, default_eval):
 
 def stage_args(stage, seed, dirs, data_dir, eval_prompts):
     """A stage's command line for a seed, reading the earlier stages' outputs from dirs {stage: its directory}."""
-    sft, labels, rm = f"{dirs.get('sft')}/ckpt.pt", dirs.get("label"), f"{dirs.get('reward')}/ckpt.pt"
+    sft, labels, rm = f"{dirs['sft']}/ckpt.pt", dirs["label"], f"{dirs['reward']}/ckpt.pt"
     pairs = ["--train_file", f"{labels}/prefs_train.jsonl", "--val_file", f"{labels}/prefs_val.jsonl"]
     return ["--seed", seed, *{
         "sft": ["--eval_prompts", eval_prompts],
@@ -78,8 +78,7 @@ def run(cfg, bar):
     for seed in map(int, cfg.seeds):
         reusing, plan[seed] = True, {}
         for stage in STAGES:
-            reusing = reusing and finished(f"{cfg.base}/{stage}", stage, seed, eval_prompts,
-                                                            default_eval)
+            reusing = reusing and finished(f"{cfg.base}/{stage}", stage, seed, eval_prompts, default_eval)
             plan[seed][stage] = (f"{cfg.base}/{stage}" if reusing else f"{cfg.out_dir}/seed{seed}/{stage}", reusing)
     bar.total = sum(not reused for stages in plan.values() for _, reused in stages.values())
 
