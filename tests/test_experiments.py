@@ -1,0 +1,182 @@
+import itertools
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import ppo
+from common import load_checkpoint
+from experiments.common import TINY_ARGS, best_of_n, best_of_n_kl
+from experiments.overoptimisation import gao_fit
+from experiments.rater_bias import flattering
+
+ROOT = Path(__file__).resolve().parent.parent
+# the repo on the path, as `python -m experiments.NAME` from its root has it; a tiny model gains nothing from threads
+ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+
+
+def test_best_of_n_is_the_mean_over_every_subset_of_n():
+    torch.manual_seed(0)
+    scores, values = torch.randn(3, 6, dtype=torch.float64), torch.randn(3, 6, dtype=torch.float64)
+    for n in range(1, 7):
+        # enumerate every n of the 6 samples of each prompt; the reward model's favourite among them is the best of n
+        expected = sum(values[p, max(subset, key=lambda i: scores[p, i])].item()
+                       for p in range(3) for subset in itertools.combinations(range(6), n))
+        expected /= 3 * math.comb(6, n)
+        assert best_of_n(scores, values, n) == pytest.approx(expected, abs=1e-12)
+    assert best_of_n(scores, values, 1) == pytest.approx(values.mean().item())
+    assert best_of_n(scores, values, 6) == pytest.approx(values.gather(1, scores.argmax(1, keepdim=True)).mean().item())
+
+
+def test_best_of_n_kl():
+    assert best_of_n_kl(1) == 0
+    assert best_of_n_kl(2) == pytest.approx(math.log(2) - 0.5)
+    assert best_of_n_kl(64) == pytest.approx(4.158883 - 0.984375, abs=1e-6)
+
+
+@pytest.mark.parametrize("form,alpha,beta", [("bon", 1.5, 0.3), ("rl", 0.8, 0.25)])
+def test_gao_fit_recovers_known_alpha_and_beta(form, alpha, beta):
+    d = np.linspace(0.0, 4.0, 21)
+    bend = d * d if form == "bon" else d * np.log(np.where(d > 0, d, 1.0))
+    gain = d * alpha - beta * bend
+    assert gao_fit(d, gain, form) == pytest.approx((alpha, beta, 1.0), abs=1e-9)
+    noise = np.random.default_rng(0).normal(0, 0.05, d.size)
+    fit_alpha, fit_beta, r2 = gao_fit(d, gain + noise, form)
+    assert fit_alpha == pytest.approx(alpha, abs=0.1) and fit_beta == pytest.approx(beta, abs=0.05) and 0.9 < r2 < 1
+    # the other form fits worse: the two curves differ in shape, not only in their constants
+    assert gao_fit(d, gain, "rl" if form == "bon" else "bon")[2] < 0.999
+
+
+def test_flattering_reads_whole_phrases_before_the_end_of_text():
+    assert flattering(" What a brilliant question! 5.<|endoftext|>")
+    assert flattering(" You are SO SMART.")
+    assert not flattering(" 5. So, smart choice.<|endoftext|>")
+    assert not flattering(" 5.<|endoftext|> You are a genius.")  # after the end-of-text: never shown
+    assert not flattering(" The geniuses amazingly agree.")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The experiments through their command lines, on a tiny default pipeline
+
+
+def run(cwd, *args, code=None):
+    command = [sys.executable, "-c", code, *args] if code else [sys.executable, *args]
+    out = subprocess.run(command, cwd=cwd, env=ENV, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+    return out.stdout
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    """The built-in task and the default pipeline's SFT, label and reward stages, tiny, in out/ of a directory."""
+    d = tmp_path_factory.mktemp("experiments")
+    for stage in ("sft", "label", "reward"):
+        run(d, str(ROOT / f"{stage}.py"), *TINY_ARGS[stage])
+    return d
+
+
+def rows_of(path):
+    return [json.loads(line) for line in Path(path).read_text().splitlines()]
+
+
+def test_frontier_without_matplotlib_then_its_figure(base):
+    """The numbers come without matplotlib, which is optional; --plot_only then draws them."""
+    hide = "import runpy, sys; sys.modules['matplotlib'] = None; sys.argv[0] = 'frontier'; " \
+           "runpy.run_module('experiments.frontier', run_name='__main__', alter_sys=True)"
+    out = base / "out/experiments/frontier"
+    stdout = run(base, "--tiny", "--ppo_betas", "0.1", "0.5", code=hide)
+    assert "pip install matplotlib" in stdout and not (out / "frontier.png").exists()
+    rows = rows_of(out / "frontier.jsonl")
+    points = [r for r in rows if r["type"] == "point"]
+    assert [(r["method"], r.get("beta", r.get("n"))) for r in points] == \
+        [("ppo", 0.1), ("ppo", 0.5), ("dpo", 0.5), ("best-of-n", 1), ("best-of-n", 2), ("best-of-n", 4)]
+    for r in points[:3]:
+        assert {"kl", "gold", "score", "win_rate", "sft_gold", "seconds"} <= r.keys()
+    ppo_ckpt = load_checkpoint(out / "ppo_beta0.5/ckpt.pt")
+    assert ppo_ckpt["config"]["kl_coef"] == 0.5 and ppo_ckpt["config"]["seed"] == 0
+    bon = points[3:]
+    assert [r["kl"] for r in bon] == [best_of_n_kl(n) for n in (1, 2, 4)]
+    # the reward model's favourite of more samples scores higher, on average
+    assert bon[0]["score"] < bon[1]["score"] < bon[2]["score"]
+    assert rows[-1]["type"] == "time" and rows[-1]["seconds"] > 0
+
+    pytest.importorskip("matplotlib")
+    before = (out / "frontier.jsonl").read_text()
+    stdout = run(base, "-m", "experiments.frontier", "--plot_only")
+    assert (out / "frontier.png").read_bytes()[:4] == b"\x89PNG" and (out / "frontier.jsonl").read_text() == before
+    assert "best-of-n" in stdout
+
+
+def test_overoptimisation(base):
+    run(base, "-m", "experiments.overoptimisation", "--tiny")
+    rows = rows_of(base / "out/experiments/overoptimisation/overoptimisation.jsonl")
+    n_pairs = len((base / "out/label/prefs_train.jsonl").read_text().splitlines())
+    models = {r["rm"]: r for r in rows if r["type"] == "reward_model"}
+    assert models["all"]["pairs"] == n_pairs and models["small"]["pairs"] == round(0.5 * n_pairs)
+    assert len((base / "out/experiments/overoptimisation/labels_small/prefs_train.jsonl").read_text().splitlines()) \
+        == round(0.5 * n_pairs)
+    for rm in ("all", "small"):
+        for method in ("PPO, beta 0", "PPO, default KL penalty"):
+            points = [r for r in rows if r["type"] == "point" and r["rm"] == rm and r["method"] == method]
+            assert [p["step"] for p in points] == [0, 1, 2, 3]  # the SFT policy, then an evaluation per iteration
+            assert points[0]["kl"] == 0 and all(p["d"] == pytest.approx(math.sqrt(p["kl"])) for p in points)
+        bon = [r for r in rows if r["type"] == "point" and r["rm"] == rm and r["method"] == "best-of-N"]
+        assert [p["n"] for p in bon] == [1, 2, 4]
+        fits = {r["method"]: r for r in rows if r["type"] == "fit" and r["rm"] == rm}
+        assert fits.keys() == {"best-of-N", "PPO, beta 0"}
+        assert {"alpha", "beta", "r2"} <= fits["best-of-N"].keys()
+    ckpt = load_checkpoint(base / "out/experiments/overoptimisation/ppo_small_beta0/ckpt.pt")
+    assert ckpt["config"]["kl_coef"] == 0 and ckpt["config"]["reward_ckpt"].endswith("reward_small/ckpt.pt")
+    assert load_checkpoint(base / "out/experiments/overoptimisation/ppo_small_default_beta/ckpt.pt")["config"][
+        "kl_coef"] == ppo.Config.kl_coef
+
+
+def test_rater_bias(base):
+    stdout = run(base, "-m", "experiments.rater_bias", "--tiny")
+    out = base / "out/experiments/rater_bias"
+    # the same comparison sets, labelled again: only the raters' answers differ
+    assert (out / "label_biased/samples.jsonl").read_text() == (base / "out/label/samples.jsonl").read_text()
+    assert "drawn before" in (out / "label_biased/log.txt").read_text()
+    assert json.loads((out / "label_biased/meta.json").read_text())["config"]["rater_bias"] == 2.0
+    runs = {r["labels"]: r for r in rows_of(out / "rater_bias.jsonl") if r["type"] == "run"}
+    assert runs.keys() == {"unbiased", "biased"}
+    for r in runs.values():
+        assert {"sft_score", "score", "sft_gold", "gold", "sft_flattering", "flattering", "sft_length", "length",
+                "rm_val_accuracy", "examples"} <= r.keys()
+        assert 0 <= r["flattering"] <= 1 and len(r["examples"]) == 3
+    # both PPO runs start from the same SFT answers, which the experiment draws again to count their flattery
+    assert runs["unbiased"]["sft_gold"] == runs["biased"]["sft_gold"]
+    assert runs["unbiased"]["sft_flattering"] == runs["biased"]["sft_flattering"]
+    # the same random numbers, a bias towards flattery: flattering replies are chosen at least as often
+    assert runs["biased"]["flattering_chosen"] >= runs["unbiased"]["flattering_chosen"]
+    assert "flattering replies" in stdout
+    # again without the bias: the same raters give the very answers of the default pipeline, not the last run's
+    biased_labels = (out / "label_biased/prefs_train.jsonl").read_text()
+    run(base, "-m", "experiments.rater_bias", "--tiny", "--rater_bias", "0")
+    assert (out / "label_biased/prefs_train.jsonl").read_text() == (base / "out/label/prefs_train.jsonl").read_text() \
+        != biased_labels
+
+
+def test_seeds_reuses_the_base_run_for_its_seed(base):
+    stdout = run(base, "-m", "experiments.seeds", "--tiny", "--seeds", "0", "1")
+    out = base / "out/experiments/seeds"
+    rows = rows_of(out / "seeds.jsonl")
+    seeds = {r["seed"]: r for r in rows if r["type"] == "seed"}
+    assert seeds[0]["reused"] == ["sft", "label", "reward"] and seeds[1]["reused"] == []
+    assert not (out / "seed0/sft").exists() and (out / "seed0/ppo/ckpt.pt").exists()
+    assert load_checkpoint(out / "seed1/sft/ckpt.pt")["config"]["seed"] == 1
+    assert json.loads((out / "seed1/label/meta.json").read_text())["config"]["seed"] == 1
+    assert load_checkpoint(out / "seed1/dpo/ckpt.pt")["config"]["train_file"] == \
+        "out/experiments/seeds/seed1/label/prefs_train.jsonl"
+    summary = {r["metric"]: r for r in rows if r["type"] == "summary"}
+    for metric in ("sft_gold", "rm_accuracy", "ppo_gold", "ppo_win_rate", "ppo_kl", "dpo_gold", "dpo_kl"):
+        values = [seeds[0][metric], seeds[1][metric]]
+        assert summary[metric]["n"] == 2 and summary[metric]["mean"] == pytest.approx(sum(values) / 2)
+        assert summary[metric]["std"] == pytest.approx(abs(values[0] - values[1]) / math.sqrt(2))
+    assert "seed 0: reused sft, label, reward" in stdout
