@@ -355,6 +355,27 @@ def ask_human(answers, sets, cfg):
             break
 
 
+def sim_raters(cfg):
+    """The settings of the simulated raters: their answers are answers of these."""
+    return {"rater_temperature": cfg.rater_temperature, "rater_bias": cfg.rater_bias}
+
+
+def answer_anew_if_the_raters_changed(cfg, out):
+    """
+    Simulated raters of other settings gave the answers in out: answer again (their answers cost nothing), unless a
+    person answered too, whose answers must not be thrown away: then stop.
+    """
+    stored = json.loads((out / "meta.json").read_text()).get("raters")
+    if stored is None or stored == sim_raters(cfg):
+        return
+    if by_a_person(out):
+        raise SystemExit(f"{out} holds answers of simulated raters with {stored} and of a person: give another "
+                         f"--out_dir for raters with {sim_raters(cfg)}")
+    print(f"{out} was answered by simulated raters with {stored}: answering anew with {sim_raters(cfg)}")
+    for name in FILES.values():
+        (out / name).unlink(missing_ok=True)
+
+
 def gold_agreement(pairs):
     """Share of pairs whose chosen response the gold judge scores higher, a tie counting half (None: no pairs)."""
     agree = 0.0
@@ -380,6 +401,8 @@ def main(argv=None):
                          f"label them with --rater human")
     out = Path(cfg.out_dir)
     sets = load_or_draw_sets(cfg, prompts_file, out)
+    if cfg.rater == "sim":
+        answer_anew_if_the_raters_changed(cfg, out)
 
     answers = Answers(out)
     if cfg.rater == "sim":
@@ -397,6 +420,8 @@ def main(argv=None):
           f"{answers.paths['train']}, {counts['val_pairs']} in {answers.paths['val']}, {counts['ties']} ties, "
           f"{counts['skipped']} skipped")
     meta = {**json.loads((out / "meta.json").read_text()), "config": asdict(cfg), "counts": counts}
+    if cfg.rater == "sim":
+        meta["raters"] = sim_raters(cfg)
     if known:
         meta["agreement"] = {f"prefs_{split}": gold_agreement(pairs) for split, pairs in written.items()}
         shown = ", ".join(f"{v:.1%} of {name}" for name, v in meta["agreement"].items() if v is not None)

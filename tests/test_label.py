@@ -363,3 +363,16 @@ def test_help_lists_every_field(capsys):
     stdout = capsys.readouterr().out
     for name in label.Config.__dataclass_fields__:
         assert f"--{name}" in stdout
+
+
+def test_simulated_raters_of_other_settings_answer_anew(tiny, sim2, capsys):
+    out = tiny / "rebias"
+    shutil.copytree(sim2[0], out)
+    biased = label.main(args(tiny, "rebias", "--n_pairs", "30", "--rater_bias", "30"))
+    assert "answering anew with {'rater_temperature': 1.0, 'rater_bias': 30.0}" in capsys.readouterr().out
+    assert biased["raters"]["rater_bias"] == 30.0 and biased["counts"]["answered"] == 30
+    # the same answers as raters of that bias (which favour the longer reply) give from the start
+    fresh = samples_only(sim2[0], tiny / "rebias-fresh")
+    label.main(args(tiny, "rebias-fresh", "--n_pairs", "30", "--rater_bias", "30"))
+    assert lines(out / "prefs_train.jsonl") == lines(fresh / "prefs_train.jsonl")
+    assert lines(out / "prefs_train.jsonl") != lines(sim2[0] / "prefs_train.jsonl")
