@@ -429,9 +429,18 @@ def pad(seqs, pad_id, left=False):
     return out, mask
 
 
-def encode_prompts(enc, prompts, max_len):
-    """Prompt token ids, left-truncated to max_len (the end of the dialogue is what must be answered)."""
-    return [enc.encode_ordinary(p)[-max_len:] for p in prompts]
+def encode_prompts(enc, prompts, context, max_new_tokens):
+    """
+    Token ids of prompts to sample from, each leaving room for max_new_tokens in a context of that many tokens:
+    fit_to_context's rule for a sequence of prompt tokens only, so a long dialogue loses its beginning, as in
+    training. Returns (ids, how many prompts were cut).
+    """
+    if max_new_tokens >= context:
+        raise SystemExit(f"--max_new_tokens {max_new_tokens} leaves no room for a prompt in the model's context of "
+                         f"{context} tokens: lower it")
+    fitted = [fit_to_context(ids, [0] * len(ids), context - max_new_tokens)
+              for ids in map(enc.encode_ordinary, prompts)]
+    return [ids for ids, _, _ in fitted], sum(cut for _, _, cut in fitted)
 
 
 def download_file(url, target):

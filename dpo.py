@@ -195,7 +195,9 @@ def main(argv=None):
     train = load_pairs(train_file, enc, max_len, say)
     val = load_pairs(val_file, enc, max_len, say)[:cfg.n_val_pairs]
     prompts = [r["prompt"] for r in read_jsonl(prompts_file, ("prompt",))][:cfg.n_eval]
-    prompt_ids = encode_prompts(enc, prompts, max_len - cfg.max_new_tokens)
+    prompt_ids, cut = encode_prompts(enc, prompts, max_len, cfg.max_new_tokens)
+    say(f"{prompts_file}: {len(prompts)} prompts sampled at every evaluation, {cut} cut to their last "
+        f"{max_len - cfg.max_new_tokens} tokens")
 
     # everything the reference is needed for that does not change during training, computed once
     t0 = time.time()

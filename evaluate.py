@@ -52,10 +52,14 @@ def evaluate_policy(policy, enc, prompts, prompt_ids, rt, max_new_tokens, temper
 
 
 def summary_lines(name, report, n, prompts_file):
-    """What a stage prints of its evaluation on n prompts: a line of overall numbers, then the per-kind table."""
+    """
+    What a stage prints of its evaluation on n prompts: a line of overall numbers, then the gold judge's per-kind
+    table, or on prompts the judge does not know a line that says so.
+    """
     parts = [f"{name} on {n} prompts of {prompts_file}:"]
     for key, fmt in (("gold", "gold {:+.3f}"), ("win_rate", "win-rate against sft {:.1%}"),
-                     ("score", "reward-model score {:+.3f}"), ("rm_win_rate", "reward-model win-rate {:.1%}"),
+                     ("score", "reward-model score {:+.3f}"),
+                     ("rm_win_rate", "win-rate against sft by the reward model {:.1%}"),
                      ("kl", "KL to sft {:.2f} nats"), ("length", "length {:.1f} tokens"),
                      ("eot_rate", "ended {:.1%}"), ("distinct", "distinct {:.1%}")):
         if key in report:
@@ -66,4 +70,6 @@ def summary_lines(name, report, n, prompts_file):
     lines = [" ".join(parts[:1]) + " " + ", ".join(parts[1:])]
     if "gold" in report:
         lines.append(world.report_table(report))
+    else:
+        lines.append(f"(no gold judge: it knows the built-in task's prompts only, not {prompts_file}'s)")
     return "\n".join(lines)

@@ -78,21 +78,22 @@ def comparison_set(responses):
     return list(dict.fromkeys(r for r in responses if r is not None and r.strip()))
 
 
-def draw_sets(model, enc, prompts, cfg, rt):
+def draw_sets(model, enc, prompts, prompt_ids, cfg, rt):
     """
-    n_pairs comparison sets {set, split, prompt, responses}: k responses per prompt, of which at least two distinct
-    ones ended. Prompts are taken in file order, and again from the start with new samples until there are enough.
+    n_pairs comparison sets {set, split, prompt, responses}: k responses per prompt (prompt_ids: their token ids), of
+    which at least two distinct ones ended. Prompts are taken in file order, and again from the start with new
+    samples until there are enough.
     """
     per_batch = max(1, cfg.batch_size // cfg.k)
-    max_prompt = model.config.block_size - cfg.max_new_tokens
     sets, bar, t0 = [], tqdm(total=cfg.n_pairs, desc="sampling", dynamic_ncols=True), time.time()
     for chunk in itertools.count():
         start = chunk * per_batch
         if start >= len(prompts) and not sets:
             raise SystemExit(f"no prompt of {len(prompts)} got two distinct responses that ended within "
                              f"{cfg.max_new_tokens} tokens: raise --max_new_tokens, or check {cfg.sft_ckpt}")
-        batch = [prompts[(start + j) % len(prompts)] for j in range(per_batch)]
-        ids = [p for p in encode_prompts(enc, batch, max_prompt) for _ in range(cfg.k)]
+        picked = [(start + j) % len(prompts) for j in range(per_batch)]
+        batch = [prompts[i] for i in picked]
+        ids = [prompt_ids[i] for i in picked for _ in range(cfg.k)]
         [(_, _, tokens, mask)] = sample(model, ids, rt, enc.eot_token, cfg.max_new_tokens, cfg.temperature,
                                         len(ids), cfg.seed * 100003 + chunk)
         texts = ended_responses(enc, tokens, mask)
@@ -160,11 +161,11 @@ def load_or_draw_sets(cfg, prompts_file, out):
     model, tokenizer_spec, _ = load_policy(cfg.sft_ckpt)
     model.to(rt.device)
     enc = load_tokenizer(tokenizer_spec)
-    if cfg.max_new_tokens >= model.config.block_size:
-        raise SystemExit(f"--max_new_tokens {cfg.max_new_tokens} leaves no room for the prompt in the model's "
-                         f"{model.config.block_size} tokens")
     prompts = [r["prompt"] for r in read_jsonl(prompts_file, ("prompt",))]
-    sets = draw_sets(model, enc, prompts, cfg, rt)
+    prompt_ids, cut = encode_prompts(enc, prompts, model.config.block_size, cfg.max_new_tokens)
+    print(f"{prompts_file}: {len(prompts)} prompts, {cut} cut to their last "
+          f"{model.config.block_size - cfg.max_new_tokens} tokens")
+    sets = draw_sets(model, enc, prompts, prompt_ids, cfg, rt)
     out.mkdir(parents=True, exist_ok=True)
     write_atomically(meta_path, json.dumps({"sampling": drawn}, indent=2))
     write_atomically(samples, "".join(json.dumps(s) + "\n" for s in sets))

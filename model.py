@@ -10,7 +10,7 @@ lengths in generation, in the reward model and in PPO.
 import json
 import math
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -223,6 +223,15 @@ class GPT(nn.Module):
                 break
             logits = self.lm_head(self.hidden_states(nxt[:, None], mask[:, :T + step + 1], cache)[:, -1])
         return tokens[:, :step + 1], logprobs[:, :step + 1]
+
+    def crop_block_size(self, block_size):
+        """
+        Keep the first block_size rows of the position table: a pretrained model (GPT-2's 1024) used with a shorter
+        context, which every later stage then reads from its config, computes as before on any sequence that fits.
+        """
+        assert block_size <= self.config.block_size
+        self.config = replace(self.config, block_size=block_size)
+        self.transformer.wpe.weight = nn.Parameter(self.transformer.wpe.weight[:block_size].detach().clone())
 
     def configure_optimizers(self, weight_decay, learning_rate, betas, device_type, extra_params=()):
         """AdamW with weight decay on matrices only (not on biases, LayerNorm gains); fused on CUDA and CPU."""

@@ -347,11 +347,13 @@ def main(argv=None):
     agent.eval()  # dropout off for good: it would make the log-probs, and so the ratios, noisy
     say(f"policy: {policy.num_params() / 1e6:.2f}M parameters from {cfg.sft_ckpt}; reward model {cfg.reward_ckpt}")
 
-    max_prompt = policy.config.block_size - cfg.max_new_tokens
-    train_ids = encode_prompts(enc, [r["prompt"] for r in read_jsonl(train_file, ("prompt",))], max_prompt)
+    context = policy.config.block_size
+    train_ids, train_cut = encode_prompts(enc, [r["prompt"] for r in read_jsonl(train_file, ("prompt",))], context,
+                                          cfg.max_new_tokens)
     eval_prompts = [r["prompt"] for r in read_jsonl(eval_file, ("prompt",))][:cfg.n_eval]
-    eval_ids = encode_prompts(enc, eval_prompts, max_prompt)
-    say(f"{len(train_ids)} training prompts from {train_file}, {len(eval_prompts)} held-out from {eval_file}")
+    eval_ids, eval_cut = encode_prompts(enc, eval_prompts, context, cfg.max_new_tokens)
+    say(f"{len(train_ids)} training prompts from {train_file}, {len(eval_prompts)} held-out from {eval_file}; "
+        f"{train_cut} and {eval_cut} of them cut to their last {context - cfg.max_new_tokens} tokens")
 
     train_agent, replica = parallelize(agent, rt, cfg.fsdp)
     # Adam's eps 1e-5 rather than 1e-8, as in lm-human-preferences: steadier steps on tiny second moments

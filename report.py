@@ -70,16 +70,18 @@ def main(argv=None):
 
     rows = policy_rows(m)
     columns = [("gold", "gold", "signed"), ("score", "reward model", "signed"), ("kl", "KL to SFT", "plain"),
-               ("win_rate", "win-rate vs SFT", "pct"), ("length", "length", "plain"), ("eot_rate", "ended", "pct"),
-               ("right", "right", "pct"), ("wrong", "wrong", "pct"), ("unsure", "unsure", "pct"),
-               ("evasive", "evasive", "pct"), ("distinct", "distinct", "pct")]
+               ("win_rate", "win-rate vs SFT", "pct"), ("rm_win_rate", "win-rate vs SFT by the reward model", "pct"),
+               ("length", "length", "plain"), ("eot_rate", "ended", "pct"), ("right", "right", "pct"),
+               ("wrong", "wrong", "pct"), ("unsure", "unsure", "pct"), ("evasive", "evasive", "pct"),
+               ("distinct", "distinct", "pct")]
+    columns = [c for c in columns if any(c[0] in r for r in rows.values())]  # no gold judge on other data: no gold
     lines += ["", "## Held-out prompts", "", "| policy | " + " | ".join(c[1] for c in columns) + " |",
               "| --- |" + " --- |" * len(columns)]
     for name, r in rows.items():
         values = []
         for key, _, kind in columns:
             text = cell(r.get(key), kind)
-            if key == "win_rate" and key + "_ci" in r:
+            if key + "_ci" in r:
                 text += f" ± {r[key + '_ci']:.1%}"
             values.append(text)
         lines.append(f"| {name.upper()} | " + " | ".join(values) + " |")

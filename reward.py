@@ -161,14 +161,14 @@ def normalisation(raw, ended):
 
 
 @torch.no_grad()
-def normalise(rm, policy, enc, prompts, cfg, rt):
+def normalise(rm, policy, enc, prompt_ids, cfg, rt):
     """
-    Sample the SFT policy on prompts and set rm.gain and rm.bias by normalisation. Returns (raw rewards, ended).
-    Under torchrun each process samples and scores its share of the prompts, and the scale is set from all of them.
+    Sample the SFT policy on the prompts (token ids) and set rm.gain and rm.bias by normalisation. Returns (raw
+    rewards, ended). Under torchrun each process samples and scores its share of the prompts, and the scale is set
+    from all of them.
     """
-    max_len = policy.config.block_size
-    batches = sample(policy, encode_prompts(enc, prompts[rt.rank::rt.world_size], max_len - cfg.max_new_tokens), rt,
-                     enc.eot_token, cfg.max_new_tokens, cfg.temperature, 64, cfg.seed + rt.rank)
+    batches = sample(policy, prompt_ids[rt.rank::rt.world_size], rt, enc.eot_token, cfg.max_new_tokens,
+                     cfg.temperature, 64, cfg.seed + rt.rank)
     rm.gain.fill_(1.0)
     rm.bias.zero_()
     raw = all_gather_rows(torch.tensor(reward_scores(rm, batches, rt), device=rt.device)).cpu()  # every process's
@@ -211,6 +211,10 @@ def main(argv=None):
     max_len = rm.gpt.config.block_size
     _, train = load_pairs(train_file, enc, max_len, say)
     val_records, val = load_pairs(val_file, enc, max_len, say)
+    prompts = [r["prompt"] for r in read_jsonl(prompts_file, ("prompt",))][:cfg.n_norm]
+    prompt_ids, cut = encode_prompts(enc, prompts, max_len, cfg.max_new_tokens)
+    say(f"{prompts_file}: {len(prompts)} prompts for the normalisation, {cut} cut to their last "
+        f"{max_len - cfg.max_new_tokens} tokens")
     gold, ceiling = None, None
     if world.judges([v["prompt"] for v in val_records]):
         # the gold judge reads raw decoded text, where a finished response ends in end-of-text
@@ -272,9 +276,8 @@ def main(argv=None):
             checkpoint(done, training_state(rm, optimizer, rt.scaler))
     bar.close()
 
-    prompts = [r["prompt"] for r in read_jsonl(prompts_file, ("prompt",))][:cfg.n_norm]
     scorer = whole(rm, replica)
-    raw, ended = normalise(scorer, policy, enc, prompts, cfg, rt)  # every process samples a share of the prompts
+    raw, ended = normalise(scorer, policy, enc, prompt_ids, cfg, rt)  # every process samples a share of the prompts
     rm.gain.copy_(scorer.gain)  # under FSDP the scorer is a copy, and the checkpoint is read from rm
     rm.bias.copy_(scorer.bias)
     final = training_state(rm, optimizer, rt.scaler)
@@ -292,6 +295,9 @@ def main(argv=None):
     if gold is not None:
         summary["raters_ceiling"] = ceiling
         print(f"agreement with the gold judge {summary['val_gold_agreement']:.1%}; the raters' own: {ceiling:.1%}")
+    else:
+        print(f"no gold judge for these pairs (it knows the built-in task's prompts only): the accuracy against the "
+              f"held-out labels of {val_file} is the measure")
     log.log(cfg.max_steps, **{f"final/{k}": v for k, v in summary.items()})
     checkpoint(cfg.max_steps, final, summary=summary)
     print(f"saved {ckpt_path}")

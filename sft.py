@@ -42,7 +42,7 @@ class Config:
     n_layer: int = 4  # from scratch only: transformer blocks
     n_head: int = 4  # from scratch only: attention heads
     n_embd: int = 128  # from scratch only: width
-    block_size: int = 128  # longest sequence in tokens; longer examples are truncated (see common.fit_to_context)
+    block_size: int = 128  # longest sequence in tokens, the context of this model and of every later stage; longer examples are truncated (see common.fit_to_context)
     dropout: float = 0.0  # from scratch only: dropout during SFT (later stages always run without)
     batch_size: int = 32  # sequences per micro-batch, shared out among the processes under torchrun
     grad_accum: int = 1  # micro-batches per optimizer step (the loss is the token mean over all of them)
@@ -151,12 +151,19 @@ def main(argv=None):
         enc = load_tokenizer(tokenizer_spec)
     if enc.n_vocab > model.config.vocab_size:
         raise SystemExit(f"tokenizer {tokenizer_spec} has {enc.n_vocab} tokens, the model only {model.config.vocab_size}")
+    if cfg.block_size < model.config.block_size:  # the checkpoint tells every later stage the context it trained at
+        say(f"context cut from the initial model's {model.config.block_size} tokens to --block_size {cfg.block_size}")
+        model.crop_block_size(cfg.block_size)
     model.to(rt.device)
     say(f"model: {model.num_params() / 1e6:.2f}M parameters, tokenizer {tokenizer_spec} ({enc.n_vocab} tokens)")
 
-    max_len = min(cfg.block_size, model.config.block_size)
+    max_len = model.config.block_size
     train = load_examples(train_file, enc, max_len, say)
     val = load_examples(val_file, enc, max_len, say)
+    prompts = [r["prompt"] for r in read_jsonl(prompts_file, ("prompt",))][:cfg.n_eval]
+    prompt_ids, cut = encode_prompts(enc, prompts, max_len, cfg.max_new_tokens)
+    say(f"{prompts_file}: {len(prompts)} prompts to sample at the end, {cut} cut to their last "
+        f"{max_len - cfg.max_new_tokens} tokens")
     train_model, replica = parallelize(model, rt, cfg.fsdp, cfg.compile)
     optimizer = model.configure_optimizers(cfg.weight_decay, cfg.lr, (0.9, 0.95), rt.device.type)
     step = 0
@@ -226,9 +233,7 @@ def main(argv=None):
         return None
 
     # what the SFT policy does on prompts it never saw
-    prompts = [r["prompt"] for r in read_jsonl(prompts_file, ("prompt",))][:cfg.n_eval]
-    report, rows = evaluate_policy(model, enc, prompts, encode_prompts(enc, prompts, max_len - cfg.max_new_tokens), rt,
-                                   cfg.max_new_tokens, cfg.temperature, cfg.seed)
+    report, rows = evaluate_policy(model, enc, prompts, prompt_ids, rt, cfg.max_new_tokens, cfg.temperature, cfg.seed)
     summary = {"val_loss": val_loss(model, val, cfg, rt, enc.eot_token), **report}
     print_samples(rows, 5)
     print(summary_lines("sft", summary, len(prompts), prompts_file))

@@ -99,7 +99,7 @@ def sample_pool(sft_ckpt, reward_ckpts, prompts, n, max_new_tokens, temperature,
         if rm_spec != spec:
             raise SystemExit(f"the reward model {path} reads tokenizer {rm_spec}, the policy {sft_ckpt} writes {spec}")
         models[path] = frozen(rm).to(rt.device)
-    ids = encode_prompts(enc, prompts, policy.config.block_size - max_new_tokens)
+    ids, _ = encode_prompts(enc, prompts, policy.config.block_size, max_new_tokens)
     per_batch = max(1, 256 // n)  # prompts per batch: 256 responses at once, as label.py samples
     scores, gold, lengths = {path: [] for path in models}, [], []
     for chunk, i in enumerate(tqdm(range(0, len(prompts), per_batch), desc=f"{n} samples per prompt", leave=False)):

@@ -68,7 +68,7 @@ def sft_answers(sft_ckpt, prompts, max_new_tokens, seed):
     policy, spec, _ = load_policy(sft_ckpt, "--sft_ckpt")
     policy = frozen(policy).to(rt.device)
     enc = load_tokenizer(spec)
-    ids = encode_prompts(enc, prompts, policy.config.block_size - max_new_tokens)
+    ids, _ = encode_prompts(enc, prompts, policy.config.block_size, max_new_tokens)
     return evaluate_policy(policy, enc, prompts, ids, rt, max_new_tokens, 1.0, seed)[1]
 
 

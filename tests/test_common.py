@@ -64,6 +64,17 @@ class CharEncoding:
         return [ord(c) for c in text]
 
 
+def test_prompts_to_sample_from_are_cut_by_the_truncation_rule():
+    enc = CharEncoding()
+    # room for 4 new tokens in 10: a prompt keeps its last 6 tokens, as fit_to_context keeps a prompt's end
+    ids, cut = common.encode_prompts(enc, ["abcdefghij", "abcdef", "xy"], 10, 4)
+    assert (ids, cut) == ([enc.encode_ordinary("efghij"), enc.encode_ordinary("abcdef"), enc.encode_ordinary("xy")], 1)
+    long_prompt = enc.encode_ordinary("abcdefghij")
+    assert ids[0] == common.fit_to_context(long_prompt, [0] * 10, 6)[0]
+    with pytest.raises(SystemExit, match="--max_new_tokens 10 leaves no room for a prompt in the model's context of 10"):
+        common.encode_prompts(enc, ["abc"], 10, 10)
+
+
 def test_both_sides_of_a_long_pair_keep_the_same_prompt_tokens(tmp_path):
     ids = lambda text: [ord(c) for c in text]
     # a 10-token prompt. For the longer side, the rejected (6 tokens and end-of-text), the rule keeps half the

@@ -271,7 +271,7 @@ def test_samples_are_scored_by_the_reward_model_where_there_is_one(workdir):
     tiny = [a for a in TINY if a not in ("--reward_ckpt", "")]
     stdout = run(workdir, "dpo.py", *tiny, "--max_steps", "2", "--out_dir", "out/scored")
     summary = torch.load(workdir / "out" / "scored" / "ckpt.pt", weights_only=True)["summary"]
-    assert {"score", "rm_win_rate", "sft_score"} <= summary.keys() and "reward-model win-rate" in stdout
+    assert {"score", "rm_win_rate", "sft_score"} <= summary.keys() and "win-rate against sft by the reward model" in stdout
     rows = [json.loads(l) for l in (workdir / "out" / "scored" / "samples.jsonl").read_text().splitlines()]
     assert len(rows) == 4 and all({"score", "gold", "label"} <= r.keys() for r in rows)
 

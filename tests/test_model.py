@@ -240,6 +240,17 @@ def test_from_pretrained_by_name_uses_the_download_cache(tmp_path):
         GPT.from_pretrained("gpt2")  # names are resolved by common.pretrained_dir, not by the model
 
 
+def test_a_cropped_context_computes_as_before_on_what_fits():
+    model, cropped = tiny(3), tiny(3)
+    cropped.crop_block_size(8)
+    assert cropped.config.block_size == 8 and model.config.block_size == 32  # the config is not shared
+    assert cropped.transformer.wpe.weight.shape == (8, 16)
+    idx, mask = left_pad([row[:8] for row in ROWS])
+    torch.testing.assert_close(cropped(idx, mask), model(idx, mask))
+    with pytest.raises(ValueError, match="longer than block_size 8"):
+        cropped(torch.arange(9)[None], torch.ones(1, 9, dtype=torch.long))
+
+
 @pytest.mark.parametrize("module", ["model.py", "tokenizer.py"])
 def test_bottom_layers_import_nothing_of_ours(module):
     """model.py and tokenizer.py sit below everything else: not even a function-level import of ours."""

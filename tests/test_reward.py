@@ -125,7 +125,7 @@ def test_normalised_reward_scores_sft_samples_at_mean_zero_and_std_one(tiny_task
     policy, _, _ = load_policy(tiny_task / "sft_ending.pt")
     prompts = [json.loads(l)["prompt"] for l in (tiny_task / "prompts.jsonl").read_text().splitlines()][:12]
     rt = setup_runtime("cpu", "float32", 0)
-    batches = sample(policy, common.encode_prompts(enc, prompts, 64 - 8), rt, enc.eot_token, 8, 1.0, 64, 0)
+    batches = sample(policy, common.encode_prompts(enc, prompts, 64, 8)[0], rt, enc.eot_token, 8, 1.0, 64, 0)
     with torch.no_grad():
         scores = torch.cat([rm(torch.cat([p, t], 1), torch.cat([pm, m], 1)) for p, pm, t, m in batches])
     ended = torch.cat([(t == enc.eot_token).any(1) for _, _, t, _ in batches])
@@ -189,8 +189,8 @@ def test_two_torchrun_processes_equal_one(tiny_task):
     rt = setup_runtime("cpu", "float32", 0)
     raw, ended = [], []
     for rank in (0, 1):
-        for p, pm, t, m in sample(policy, common.encode_prompts(enc, prompts[rank::2], 64 - 8), rt, enc.eot_token, 8,
-                                  1.0, 64, rank):
+        ids, _ = common.encode_prompts(enc, prompts[rank::2], 64, 8)
+        for p, pm, t, m in sample(policy, ids, rt, enc.eot_token, 8, 1.0, 64, rank):
             with torch.no_grad():
                 raw.append(rm(torch.cat([p, t], 1), torch.cat([pm, m], 1)))
             ended.append((t == enc.eot_token).any(1))
