@@ -12,6 +12,7 @@ mean 0 and standard deviation 1. With no arguments it trains on the built-in tas
     python reward.py --train_file pairs.jsonl --val_file pairs_val.jsonl --prompts_file prompts.jsonl
 """
 
+import collections
 import time
 from dataclasses import asdict, dataclass
 
@@ -124,11 +125,12 @@ def collate(pairs, pad_id, device):
 
 
 @torch.no_grad()
-def evaluate(rm, pairs, cfg, rt, pad_id, gold=None):
+def evaluate(rm, pairs, cfg, rt, pad_id, gold=None, classes=None):
     """
     Held-out loss, accuracy (the reward ranks the raters' choice first), mean and spread of all rewards and the
     mean chosen - rejected margin. gold: per pair, +1 where the gold judge prefers the chosen response, -1 the
-    rejected, 0 a tie (half credit, as in the raters' ceiling).
+    rejected, 0 a tie (half credit, as in the raters' ceiling). classes: per pair, the gold judge's classes of the
+    better and the worse reply ("right>wrong"), for the agreement within each: where the reward model is blind.
     """
     chosen, rejected = [], []
     for i in range(0, len(pairs), cfg.batch_size):
@@ -143,7 +145,10 @@ def evaluate(rm, pairs, cfg, rt, pad_id, gold=None):
                "val_accuracy": (c > r).float().mean().item(), "val_reward_mean": both.mean().item(),
                "val_reward_std": both.std().item(), "val_margin": (c - r).mean().item()}
     if gold is not None:
-        metrics["val_gold_agreement"] = torch.where(gold == 0, 0.5, (torch.sign(c - r) == gold).float()).mean().item()
+        agree = torch.where(gold == 0, 0.5, (torch.sign(c - r) == gold).float())
+        metrics["val_gold_agreement"] = agree.mean().item()
+        for name in sorted(set(classes or [])):
+            metrics[f"val_gold_agreement/{name}"] = agree[[k == name for k in classes]].mean().item()
     return metrics
 
 
@@ -215,11 +220,13 @@ def main(argv=None):
     prompt_ids, cut = encode_prompts(enc, prompts, max_len, cfg.max_new_tokens)
     say(f"{prompts_file}: {len(prompts)} prompts for the normalisation, {cut} cut to their last "
         f"{max_len - cfg.max_new_tokens} tokens")
-    gold, ceiling = None, None
+    gold, classes, ceiling = None, None, None
     if world.judges([v["prompt"] for v in val_records]):
         # the gold judge reads raw decoded text, where a finished response ends in end-of-text
-        gold = torch.tensor([world.gold_score(v["prompt"], v["chosen"] + EOT) -
-                             world.gold_score(v["prompt"], v["rejected"] + EOT) for v in val_records]).sign()
+        judged = [(world.judge(v["prompt"], v["chosen"] + EOT), world.judge(v["prompt"], v["rejected"] + EOT))
+                  for v in val_records]
+        gold = torch.tensor([a[0] - b[0] for a, b in judged]).sign()
+        classes = [f"{max(a, b)[1]}>{min(a, b)[1]}" for a, b in judged]  # (score, label): the better one's first
         ceiling = torch.where(gold == 0, 0.5, (gold > 0).float()).mean().item()
         say(f"raters' ceiling: the held-out labels agree with the gold judge on {ceiling:.1%} of pairs")
 
@@ -268,7 +275,7 @@ def main(argv=None):
         if done % cfg.eval_interval == 0 and done < cfg.max_steps:  # the last one comes after normalising
             scorer = whole(rm, replica)  # every process: under FSDP the master evaluates a whole copy
             if rt.master:
-                metrics.update(evaluate(scorer, val, cfg, rt, enc.eot_token, gold))
+                metrics.update(evaluate(scorer, val, cfg, rt, enc.eot_token, gold, classes))
         log.log(done, **metrics)
         bar.set_postfix(loss=f"{metrics['loss']:.3f}", **({"val_acc": f"{metrics['val_accuracy']:.3f}"}
                                                           if "val_accuracy" in metrics else {}))
@@ -285,7 +292,7 @@ def main(argv=None):
     leave_processes(rt)
     if not rt.master:
         return None
-    summary = {**evaluate(rm, val, cfg, rt, enc.eot_token, gold), "norm_gain": rm.gain.item(),
+    summary = {**evaluate(rm, val, cfg, rt, enc.eot_token, gold, classes), "norm_gain": rm.gain.item(),
                "norm_bias": rm.bias.item(), "norm_ended": ended.float().mean().item()}
     print(f"normalised: reward = {summary['norm_gain']:.3f} * head {summary['norm_bias']:+.3f}, so that the SFT "
           f"policy's samples on {len(prompts)} training prompts score mean 0, std 1 over the {int(ended.sum())} that "
@@ -295,6 +302,9 @@ def main(argv=None):
     if gold is not None:
         summary["raters_ceiling"] = ceiling
         print(f"agreement with the gold judge {summary['val_gold_agreement']:.1%}; the raters' own: {ceiling:.1%}")
+        counts = collections.Counter(k for k in classes if k.split(">")[0] != k.split(">")[1])
+        print("by the gold judge's classes of the better > the worse reply: " + ", ".join(
+            f"{k} {summary[f'val_gold_agreement/{k}']:.0%} of {n}" for k, n in counts.most_common()))
     else:
         print(f"no gold judge for these pairs (it knows the built-in task's prompts only): the accuracy against the "
               f"held-out labels of {val_file} is the measure")

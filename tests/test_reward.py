@@ -1,3 +1,4 @@
+import collections
 import json
 import math
 import os
@@ -12,9 +13,10 @@ import torch
 import common
 import reward
 from common import load_policy, pad, sample, save_checkpoint, setup_runtime
+from data import world
 from model import GPT, GPTConfig
 from reward import RewardModel, collate, load_reward_model, preference_loss
-from tokenizer import load_tokenizer, save_bpe, train_bpe
+from tokenizer import EOT, load_tokenizer, save_bpe, train_bpe
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -237,3 +239,11 @@ def test_smoke_builtin_task_through_the_command_line(tmp_path):
     assert 0 < summary["raters_ceiling"] < 1
     logged = [json.loads(l) for l in (tmp_path / "out" / "reward" / "metrics.jsonl").read_text().splitlines()]
     assert [l["step"] for l in logged] == [1, 2, 3, 4, 4] and "val_gold_agreement" in logged[1]
+    # the agreement within each pair of the judge's classes (better > worse) adds up to the overall agreement
+    val = [json.loads(l) for l in (tmp_path / "out" / "label" / "prefs_val.jsonl").read_text().splitlines()]
+    judged = [(world.judge(v["prompt"], v["chosen"] + EOT), world.judge(v["prompt"], v["rejected"] + EOT)) for v in val]
+    counts = collections.Counter(f"{max(a, b)[1]}>{min(a, b)[1]}" for a, b in judged)
+    overall = sum(n * summary[f"val_gold_agreement/{k}"] for k, n in counts.items()) / len(val)
+    assert overall == pytest.approx(summary["val_gold_agreement"])
+    right_wrong = summary["val_gold_agreement/right>wrong"]
+    assert counts["right>wrong"] > 50 and f"right>wrong {right_wrong:.0%} of {counts['right>wrong']}" in out.stdout
