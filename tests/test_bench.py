@@ -33,10 +33,10 @@ def test_quick_small_through_the_command_line():
     assert abs(ppo["ppo_generation"] + ppo["ppo_scoring"] + ppo["ppo_update"] - ppo["ppo_iteration"]) < 1e-3
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the gpt2 workload runs where there is a GPU")
 def test_gpt2_needs_cuda():
-    if torch.cuda.is_available():
-        return
-    out = subprocess.run([sys.executable, str(ROOT / "bench.py"), "gpt2"], capture_output=True, text=True, timeout=60)
+    # a generous limit: on a loaded machine starting python and torch alone can take a minute
+    out = subprocess.run([sys.executable, str(ROOT / "bench.py"), "gpt2"], capture_output=True, text=True, timeout=300)
     assert out.returncode != 0 and "needs a CUDA GPU" in out.stderr and not out.stdout
 
 
