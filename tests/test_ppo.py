@@ -106,7 +106,7 @@ def test_adaptive_kl_controller():
 
 def test_adaptive_kl_over_the_run_length_brings_the_kl_toward_its_target():
     """
-    A policy whose KL answers beta at once, KL = 0.9 / beta: 9 nats at beta = 0.1, as the default run ends up
+    A policy whose KL answers beta at once, KL = 0.9 / beta: 9 nats at beta = 0.1, as the default run ended up
     against a target of 6 (issue 16). Over the default run's 60 iterations of 64 episodes, a horizon of the run's
     length (the default) lets beta rise by the full e^0.2; the old fixed 10,000 episodes only by 8%.
     """
@@ -417,7 +417,7 @@ def test_resume_after_interruption_gives_the_same_weights(tiny_stages, monkeypat
     resumed = common.load_checkpoint(tiny_stages / "interrupted" / "ckpt.pt")
 
     assert resumed["step"] == straight["step"] == 4
-    assert resumed["kl_coef"] == straight["kl_coef"] != 0.1  # beta moved, and resumed where it was
+    assert resumed["kl_coef"] == straight["kl_coef"] != ppo.Config.kl_coef  # beta moved, and resumed where it was
     for part in ("model", "value_head"):
         for k, v in straight[part].items():
             assert torch.equal(v, resumed[part][k]), (part, k)
@@ -477,7 +477,7 @@ ppo.main(sys.argv[1:])
         # before the first update the policy is the reference; beta then moves by the KL of all 4 rollouts
         assert lines[1]["objective/kl"] == pytest.approx(0, abs=1e-6)
         assert lines[1]["objective/kl_k3"] == pytest.approx(0, abs=1e-6)
-        assert lines[2]["objective/beta"] == pytest.approx(0.1 * (1 - 0.2 * 4 / 16))
+        assert lines[2]["objective/beta"] == pytest.approx(ppo.Config.kl_coef * (1 - 0.2 * 4 / 16))
 
 
 def test_smoke_through_the_command_line(tmp_path):
@@ -519,5 +519,6 @@ def test_smoke_through_the_command_line(tmp_path):
     assert names <= set(lines[1])
     # the adaptive KL horizon defaults to the run's length, 2 iterations of 4 episodes
     error = max(-0.2, min(0.2, lines[1]["objective/kl"] / 6 - 1))
-    assert lines[1]["objective/beta"] == 0.1
-    assert lines[2]["objective/beta"] == pytest.approx(0.1 * (1 + error * 4 / 8), abs=1e-6)
+    beta = ppo.Config.kl_coef
+    assert lines[1]["objective/beta"] == beta
+    assert lines[2]["objective/beta"] == pytest.approx(beta * (1 + error * 4 / 8), abs=1e-6)
