@@ -51,7 +51,7 @@ class Config:
     max_new_tokens: int = 64  # response length limit; a response that hits it never ended
     missing_eot_penalty: float = -1.0  # added to the score of a response that never ended (-1: one std of SFT samples' rewards)
     whiten_rewards: bool = False  # rescale each rollout's scores to std 1, keeping their mean
-    kl_coef: float = 0.2  # beta, the per-token KL penalty's weight (start value if adaptive); lower lets the policy exploit the reward model more. 0.2: the best of 0.1-0.5 on the validation prompts over two seeds
+    kl_coef: float = 0.2  # beta, the per-token KL penalty's weight (start value if adaptive; tuned on the validation prompts); lower lets the policy exploit the reward model more
     adaptive_kl: bool = False  # adapt beta to keep the KL near kl_target (Ziegler et al. 2019)
     kl_target: float = 6.0  # adaptive beta: the sequence KL to aim for, in nats
     kl_horizon: int = 0  # adaptive beta: episodes over which beta moves by at most ~20%; 0: the run's length in episodes
