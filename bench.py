@@ -31,7 +31,7 @@ import ppo
 import reward
 import sft
 from common import frozen, setup_runtime
-from model import GPT, GPTConfig, sample_token
+from model import GPT, GPTConfig, RewardModel, sample_token
 
 # Shapes, from the issue that asked for this benchmark. (sequences, tokens) for SFT; (prompts, prompt tokens,
 # new tokens) for sampling and PPO; (pairs, prompt tokens, response tokens) for DPO and the reward model.
@@ -208,7 +208,7 @@ def dpo_steps(w, timer):
 
 def reward_step(w, timer):
     cfg, (n, prompt, response), rt = w["model"], w["reward"], timer.rt
-    rm = reward.RewardModel(cfg).to(rt.device).train()
+    rm = RewardModel(cfg).to(rt.device).train()
     optimizer = rm.gpt.configure_optimizers(0.0, 1e-4, (0.9, 0.95), rt.device.type, extra_params=rm.head.parameters())
     g = torch.Generator().manual_seed(0)
     pairs = list(zip(random_ids(n, prompt + response, cfg, g), random_ids(n, prompt + response, cfg, g)))
@@ -229,7 +229,7 @@ def ppo_iteration(w, timer):
     pcfg = ppo.Config(rollout_batch=n, minibatch=n, ppo_epochs=4, temperature=0.7, max_new_tokens=new)
     agent = ppo.PolicyWithValue(GPT(cfg)).to(rt.device).eval()
     ref = frozen(copy.deepcopy(agent.gpt))
-    reward_model = frozen(reward.RewardModel(cfg).to(rt.device))
+    reward_model = frozen(RewardModel(cfg).to(rt.device))
     optimizer = torch.optim.Adam(agent.parameters(), lr=1e-5, eps=1e-5)
     prompts = random_ids(n, prompt, cfg, torch.Generator().manual_seed(0))
     g = torch.Generator(rt.device).manual_seed(0)

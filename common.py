@@ -1,69 +1,112 @@
 """
-Plumbing that every stage needs, written once: the command line, device and precision, checkpoints,
-JSONL data, batching, logging, and evaluation on held-out prompts. The RLHF math is not here: it is in
-the stage files.
+Plumbing that every stage needs, written once: the command line, the device and precision, several processes
+(torchrun), checkpoints, data files, logging and sampling. The RLHF math is not here: it is in the stage files.
+Nothing here knows the built-in task (data/): a stage hands its judge to evaluate.py.
 """
 
 import argparse
 import contextlib
-import copy
 import dataclasses
 import inspect
+import io
 import json
 import math
 import os
 import random
-import re
 import sys
-import time
+import textwrap
+import tokenize
+import types
+import typing
 import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
-from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_optimizer_state_dict,
-                                                     set_model_state_dict, set_optimizer_state_dict)
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from model import GPT, Block, GPTConfig, response_mask
-from tokenizer import save_bpe, train_bpe
+from model import GPT, GPTConfig, RewardModel, response_mask
 
 # ----------------------------------------------------------------------------------------------------------
-# Configuration: a dataclass per stage; each field's trailing comment is its --help text
+# The command line: a config dataclass per stage; each field's trailing comment is its --help text
 
 
 def field_docs(cls):
-    """{field name: its trailing comment} read from the class source, so the docs live beside the defaults."""
-    docs = {}
-    for line in inspect.getsource(cls).splitlines():
-        m = re.match(r"\s+(\w+)\s*:[^#]*#\s*(.*)$", line)
-        if m:
-            docs[m.group(1)] = m.group(2)
-    return docs
+    """
+    {field name: its trailing comment}, read from the class source so the docs live beside the defaults. Python's
+    own tokenizer finds the comments: a '#' inside a default string is part of the string, not a comment.
+    """
+    lines = {}
+    source = textwrap.dedent(inspect.getsource(cls))
+    for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+        if tok.type in (tokenize.NAME, tokenize.OP, tokenize.COMMENT):
+            lines.setdefault(tok.start[0], []).append(tok)
+    return {toks[0].string: toks[-1].string.lstrip("#").strip() for toks in lines.values()
+            if len(toks) > 2 and toks[0].type == tokenize.NAME and toks[1].string == ":"
+            and toks[-1].type == tokenize.COMMENT}
+
+
+def flag_type(cls, name, hint):
+    """(type a flag's text converts to, whether None is allowed) of a field annotated bool, int, float, str, tuple or X | None."""
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType) and len(args) == 2 and type(None) in args:
+        return next(a for a in args if a is not type(None)), True
+    if hint in (bool, int, float, str, tuple):
+        return hint, False
+    raise TypeError(f"{cls.__name__}.{name}: the command line reads bool, int, float, str, tuple or one of them | None, "
+                    f"not {hint}")
 
 
 def parse_config(cls, argv=None):
     """
     Build the command line from a config dataclass: one --flag per field, with its default and its comment.
-    Returns (config, names of the flags given explicitly), the latter so that --resume can tell what to override.
+    A field of type X | None takes `none` for None. Returns (config, names of the flags given explicitly), the
+    latter so that --resume can tell what to override.
     """
-    docs = field_docs(cls)
+    docs, hints = field_docs(cls), typing.get_type_hints(cls)
     parser = argparse.ArgumentParser(description=(sys.modules[cls.__module__].__doc__ or "").strip(),
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      argument_default=argparse.SUPPRESS)
     for f in dataclasses.fields(cls):
         assert f.name in docs, f"{cls.__name__}.{f.name} needs a trailing comment: it is the --help text"
         help = f"{docs[f.name]} (default: {f.default!r})".replace("%", "%%")  # argparse formats help with %
-        if f.type is bool:
+        kind, optional = flag_type(cls, f.name, hints[f.name])
+        if kind is bool and not optional:
             parser.add_argument(f"--{f.name}", action=argparse.BooleanOptionalAction, help=help)
-        elif f.type is tuple:  # several strings: --flag a b
+        elif kind is tuple:  # several strings: --flag a b
             parser.add_argument(f"--{f.name}", nargs="+", metavar="STR", help=help)
         else:
-            parser.add_argument(f"--{f.name}", type=f.type, metavar=f.type.__name__.upper(), help=help)
+            convert = kind
+            if optional:
+                convert = lambda text, kind=kind: None if text.lower() == "none" else kind(text)
+                convert.__name__ = kind.__name__  # argparse names the type in its error message
+            parser.add_argument(f"--{f.name}", type=convert, metavar=kind.__name__.upper(), help=help)
     given = vars(parser.parse_args(argv))
     return cls(**given), set(given)
+
+
+def begin(name, cls, argv=None):
+    """
+    Start a stage: its config from the command line, the runtime (see setup_runtime), the config printed. With
+    --resume, the config stored in out_dir's checkpoint, with only the flags given on this command line changed.
+    Returns (cfg, rt, checkpoint path, the resumed checkpoint or None).
+    """
+    cfg, given = parse_config(cls, argv)
+    ckpt_path = Path(cfg.out_dir) / "ckpt.pt"
+    resumed = None
+    if cfg.resume:
+        resumed = load_checkpoint(ckpt_path)
+        saved = resumed["config"]
+        for flag in given - {"resume"}:
+            if saved.get(flag) != getattr(cfg, flag):
+                print(f"resume: {flag} changed from {saved.get(flag)!r} to {getattr(cfg, flag)!r}")
+        cfg = cls(**{**saved, **{flag: getattr(cfg, flag) for flag in given}})
+    rt = setup_runtime(cfg.device, cfg.dtype, cfg.seed)
+    rt.say(f"{name} config:")
+    if rt.master:
+        print_config(cfg)
+    return cfg, rt, ckpt_path, resumed
 
 
 def print_config(cfg):
@@ -87,6 +130,11 @@ class Runtime:
     @property
     def master(self):  # the process that prints, logs, evaluates and writes checkpoints
         return self.rank == 0
+
+    def say(self, *args, **kwargs):
+        """print, in the master process only."""
+        if self.master:
+            print(*args, **kwargs)
 
     def autocast(self):
         if self.dtype == torch.float32:
@@ -117,6 +165,11 @@ def setup_runtime(device="auto", dtype="auto", seed=0):
     set_cpu_threads()
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit(f"--device {device}, but this torch sees no CUDA GPU (a CPU build, or no driver): "
+                         f"give --device cpu, or auto")
+    if dtype not in ("auto", "float32", "bfloat16", "float16"):
+        raise SystemExit(f"--dtype must be auto, float32, bfloat16 or float16, not {dtype!r}")
     rank, world_size = 0, 1
     if "RANK" in os.environ:
         dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
@@ -130,16 +183,33 @@ def setup_runtime(device="auto", dtype="auto", seed=0):
         torch.backends.cudnn.allow_tf32 = True
     if dtype == "auto":
         dtype = "float32" if device.type == "cpu" else "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
-    if dtype not in ("float32", "bfloat16", "float16"):
-        raise ValueError(f"--dtype must be auto, float32, bfloat16 or float16, not {dtype!r}")
     torch.manual_seed(seed)
     random.seed(seed)
     return Runtime(device, getattr(torch, dtype), torch.amp.GradScaler(device.type, enabled=dtype == "float16"),
                    rank, world_size)
 
 
+def optimizer_step(optimizer, params, grad_clip, rt):
+    """Unscale the gradients (fp16), clip their norm, step, zero them. Returns the norm before clipping."""
+    rt.scaler.unscale_(optimizer)
+    norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    rt.scaler.step(optimizer)
+    rt.scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    return norm.item()
+
+
 # ----------------------------------------------------------------------------------------------------------
-# Several processes (torchrun): each runs the same script on its slice of every batch
+# Several processes (torchrun): each runs the same script on its slice of every batch, and DDP averages the
+# gradients. Every process holds the whole model, so the master samples, evaluates and saves alone.
+
+
+def distributed(model, rt, compile=False):
+    """The model as the training loop runs it: compiled with compile, and under torchrun wrapped in DDP."""
+    model = torch.compile(model) if compile else model
+    if rt.world_size > 1:
+        model = DDP(model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
+    return model
 
 
 @contextlib.contextmanager
@@ -209,55 +279,6 @@ def all_gather_objects(obj):
     return objects
 
 
-def parallelize(model, rt, fsdp=False, compile=False):
-    """
-    The model as the training loop runs it, and a replica for sampling and evaluation: (train_model, replica).
-    In one process: the model (compiled with compile), and no replica, fsdp or not. Under torchrun every process
-    takes its slice of each batch and the gradients are averaged over the processes. With DDP each process holds
-    the whole model. With fsdp the model itself is sharded (FSDP2: each transformer block, then the rest): each
-    process holds 1/N of its weights, gradients and optimizer state, and the processes gather each block's weights
-    in turn as the model runs, all in step; the replica, a plain copy that `whole` fills with the weights, lets one
-    process sample or evaluate alone. Build the optimizer after this.
-    """
-    if fsdp and rt.world_size > 1:
-        if rt.dtype == torch.float16:  # GradScaler would skip the step in some processes and not in others
-            raise SystemExit("--fsdp trains in bfloat16 or float32, not float16: give --dtype bfloat16 or float32")
-        try:
-            from torch.distributed.fsdp import fully_shard
-        except ImportError:
-            raise SystemExit("--fsdp needs torch 2.6 or later (FSDP2's fully_shard)") from None
-        replica = copy.deepcopy(model)
-        for block in [m for m in model.modules() if isinstance(m, Block)]:
-            fully_shard(block)
-        fully_shard(model)
-        return (torch.compile(model) if compile else model), replica
-    train_model = torch.compile(model) if compile else model
-    if rt.world_size > 1:
-        train_model = DDP(train_model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
-    return train_model, None
-
-
-def sharded(model):
-    """Whether parallelize sharded the model with FSDP2 (torch 2.6 or later)."""
-    try:
-        from torch.distributed.fsdp import FSDPModule
-    except ImportError:
-        return False
-    return isinstance(model, FSDPModule)
-
-
-def whole(model, replica):
-    """
-    The model as one process can run it alone, to sample or evaluate: the model itself, or if it is sharded its
-    replica (see parallelize), filled with the whole of its current weights. Every process must call it: they
-    each send their shards.
-    """
-    if replica is None:
-        return model
-    replica.load_state_dict(get_model_state_dict(model, options=StateDictOptions(full_state_dict=True)))
-    return replica
-
-
 # ----------------------------------------------------------------------------------------------------------
 # Checkpoints
 
@@ -282,61 +303,45 @@ def load_checkpoint(path, kinds=None, flag=None):
     """
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"no checkpoint at {path}: run the stage that writes it first")
+        raise SystemExit(f"no checkpoint at {path}: run the stage that writes it first")
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     if kinds is not None and ckpt.get("kind") not in kinds:
         needs = f"{flag or 'this'} needs " + " or ".join(f"a {k} checkpoint (written by {CHECKPOINT_KINDS[k]})"
                                                         for k in kinds)
         if "kind" not in ckpt:
-            raise ValueError(f"{path} records no kind: an older version of this code wrote it; {needs}, "
+            raise SystemExit(f"{path} records no kind: an older version of this code wrote it; {needs}, "
                              f"so run that stage again")
         kind = ckpt["kind"]
-        raise ValueError(f"{path} is a {kind} checkpoint (written by {CHECKPOINT_KINDS[kind]}); {needs}")
+        raise SystemExit(f"{path} is a {kind} checkpoint (written by {CHECKPOINT_KINDS[kind]}); {needs}")
     return ckpt
 
 
-def training_state(model, optimizer, scaler):
+def save_run(path, kind, model, optimizer, rt, cfg, tokenizer, step, **extra):
     """
-    What a checkpoint keeps of a run: the weights, and for --resume the optimizer, the loss scaler and every random
-    generator. Whole, in CPU memory, in the master; every process must call it, since under FSDP each sends its
-    shards. The optimizer's state is keyed by parameter name, the same sharded or not, so either kind of run can
-    resume the other's checkpoint.
+    The master writes a stage's checkpoint: what later stages load (its kind, the weights, the model's config and
+    tokenizer) and what --resume needs (the stage's config, the step, the optimizer, the loss scaler and every
+    random generator), and whatever else the stage adds.
     """
-    to_master = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    return {"model": get_model_state_dict(model, options=to_master),
-            "optimizer": get_optimizer_state_dict(model, optimizer, options=to_master), "scaler": scaler.state_dict(),
-            "rng": {"torch": torch.get_rng_state(), "python": random.getstate(),
-                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}}
+    if rt.master:
+        save_checkpoint(path, {"kind": kind, "model": model.state_dict(), "model_config": asdict(model.config),
+                               "tokenizer": tokenizer, "config": asdict(cfg), "step": step,
+                               "optimizer": optimizer.state_dict(), "scaler": rt.scaler.state_dict(),
+                               "rng": {"torch": torch.get_rng_state(), "python": random.getstate(),
+                                       "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+                               **extra})
 
 
-def restore_training(ckpt, model, optimizer, scaler):
-    """Load the weights and what training_state saved (into each process's shards under FSDP); returns the step."""
-    whole_state = StateDictOptions(full_state_dict=sharded(model))
-    set_model_state_dict(model, ckpt["model"], options=whole_state)
-    set_optimizer_state_dict(model, optimizer, ckpt["optimizer"], options=whole_state)
-    scaler.load_state_dict(ckpt["scaler"])
+def restore_run(ckpt, model, optimizer, rt):
+    """Load what save_run saved into the model, the optimizer, the scaler and the random generators; returns the step."""
+    model.load_state_dict(ckpt["model"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    rt.scaler.load_state_dict(ckpt["scaler"])
     torch.set_rng_state(ckpt["rng"]["torch"])
     random.setstate(ckpt["rng"]["python"])
     if ckpt["rng"]["cuda"]:
         torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
+    rt.say(f"resumed from step {ckpt['step']}")
     return ckpt["step"]
-
-
-def run_config(cls, argv=None):
-    """
-    A stage's config from the command line, its checkpoint path, and with --resume that checkpoint, whose stored
-    config is used with only the flags given on this command line changed. Returns (cfg, ckpt_path, resumed or None).
-    """
-    cfg, given = parse_config(cls, argv)
-    ckpt_path = Path(cfg.out_dir) / "ckpt.pt"
-    if not cfg.resume:
-        return cfg, ckpt_path, None
-    resumed = load_checkpoint(ckpt_path)
-    saved = resumed["config"]
-    for name in given - {"resume"}:
-        if saved.get(name) != getattr(cfg, name):
-            print(f"resume: {name} changed from {saved.get(name)!r} to {getattr(cfg, name)!r}")
-    return cls(**{**saved, **{name: getattr(cfg, name) for name in given}}), ckpt_path, resumed
 
 
 def load_policy(path, flag=None):
@@ -345,6 +350,19 @@ def load_policy(path, flag=None):
     model = GPT(GPTConfig(**ckpt["model_config"]))
     model.load_state_dict(ckpt["model"])
     return model, ckpt["tokenizer"], ckpt
+
+
+def load_reward_model(path, flag=None, tokenizer=None):
+    """
+    The trained, normalised reward model of a checkpoint and its tokenizer spec. tokenizer: the one the policy it
+    will score writes; a reward model that reads another stops with both named.
+    """
+    ckpt = load_checkpoint(path, ("reward_model",), flag)
+    if tokenizer is not None and ckpt["tokenizer"] != tokenizer:
+        raise SystemExit(f"the reward model {path} reads tokenizer {ckpt['tokenizer']}, the policy writes {tokenizer}")
+    rm = RewardModel(GPTConfig(**ckpt["model_config"]))
+    rm.load_state_dict(ckpt["model"])
+    return rm, ckpt["tokenizer"]
 
 
 def frozen(model):
@@ -356,7 +374,7 @@ def frozen(model):
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Data
+# Data files
 
 
 def read_jsonl(path, fields):
@@ -364,6 +382,8 @@ def read_jsonl(path, fields):
     Records of a JSONL file, each with the given string fields. A malformed record (not JSON, a missing field,
     a non-string or empty text) stops with file:line, so a bad dataset is fixed rather than silently thinned.
     """
+    if not Path(path).is_file():
+        raise SystemExit(f"no file {path}: give the path of a JSONL file of {{{', '.join(fields)}}} records")
     records = []
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
@@ -373,20 +393,28 @@ def read_jsonl(path, fields):
             try:
                 rec = json.loads(line)
             except json.JSONDecodeError as e:
-                raise ValueError(f"{where}: not valid JSON ({e.msg})") from None
+                raise SystemExit(f"{where}: not valid JSON ({e.msg})") from None
             if not isinstance(rec, dict):
-                raise ValueError(f"{where}: expected a JSON object with fields {list(fields)}")
+                raise SystemExit(f"{where}: expected a JSON object with fields {list(fields)}")
             for name in fields:
                 if name not in rec:
-                    raise ValueError(f"{where}: missing field {name!r}")
+                    raise SystemExit(f"{where}: missing field {name!r}")
                 if not isinstance(rec[name], str):
-                    raise ValueError(f"{where}: field {name!r} must be a string, not {type(rec[name]).__name__}")
+                    raise SystemExit(f"{where}: field {name!r} must be a string, not {type(rec[name]).__name__}")
                 if not rec[name].strip():
-                    raise ValueError(f"{where}: field {name!r} is empty")
+                    raise SystemExit(f"{where}: field {name!r} is empty")
             records.append({name: rec[name] for name in fields})
     if not records:
-        raise ValueError(f"{path}: no records")
+        raise SystemExit(f"{path}: no records")
     return records
+
+
+def write_jsonl(path, rows):
+    """Write rows, one JSON object a line, atomically."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+    os.replace(tmp, path)
 
 
 def fit_to_context(ids, mask, max_len):
@@ -443,6 +471,32 @@ def encode_prompts(enc, prompts, context, max_new_tokens):
     return [ids for ids, _, _ in fitted], sum(cut for _, _, cut in fitted)
 
 
+def load_prompts(path, enc, context, max_new_tokens, n=None, say=print):
+    """The first n prompts of a {prompt} file and their token ids (see encode_prompts); says how many were cut."""
+    prompts = [r["prompt"] for r in read_jsonl(path, ("prompt",))][:n]
+    ids, cut = encode_prompts(enc, prompts, context, max_new_tokens)
+    say(f"{path}: {len(prompts)} prompts, {cut} cut to their last {context - max_new_tokens} tokens")
+    return prompts, ids
+
+
+def batch_at(n, batch_size, k, seed, lengths=None):
+    """
+    Indices of the k-th batch of a run: epochs of a shuffle seeded by (seed, epoch), last partial batch dropped.
+    With lengths (a tensor, one per example), each batch holds examples of similar length, since a batch pads to
+    its longest row: windows of 64 batches of the shuffle are sorted by length and cut into batches, and the
+    batches of the epoch are shuffled. A function of k alone, so a resumed run reads exactly the batches the
+    interrupted one would have.
+    """
+    per_epoch = max(1, n // batch_size)
+    epoch, j = divmod(k, per_epoch)
+    g = torch.Generator().manual_seed(seed * 100003 + epoch)
+    perm = torch.randperm(n, generator=g)[:per_epoch * batch_size]
+    if lengths is not None:
+        perm = torch.cat([w[torch.argsort(lengths[w], stable=True)] for w in perm.split(64 * batch_size)])
+        return perm.view(per_epoch, batch_size)[torch.randperm(per_epoch, generator=g)[j]].tolist()
+    return perm[j * batch_size:(j + 1) * batch_size].tolist()
+
+
 def download_file(url, target):
     """Fetch url into target once, through a temporary file, so an interrupted download is never mistaken for one."""
     target = Path(target)
@@ -456,7 +510,7 @@ def download_file(url, target):
             while chunk := response.read(1 << 20):
                 out.write(chunk)
     except OSError as e:
-        raise RuntimeError(f"could not download {url} ({e}); offline, put the file at {target} by hand") from e
+        raise SystemExit(f"could not download {url} ({e}); offline, put the file at {target} by hand") from e
     os.replace(tmp, target)
     return target
 
@@ -473,24 +527,12 @@ def pretrained_dir(name_or_path, cache_dir=None):
     if Path(name_or_path).is_dir():
         return Path(name_or_path)
     if name_or_path not in GPT2_NAMES:
-        raise FileNotFoundError(f"{name_or_path} is neither a checkpoint directory nor one of {GPT2_NAMES}")
+        raise SystemExit(f"--init_from {name_or_path} is neither a checkpoint directory nor one of {GPT2_NAMES}")
     cache_dir = Path(cache_dir or os.environ.get("RLHF_CACHE", Path.home() / ".cache" / "rlhf-from-scratch"))
     for file in ("config.json", "model.safetensors"):
         download_file(f"https://huggingface.co/openai-community/{name_or_path}/resolve/main/{file}",
                       cache_dir / name_or_path / file)
     return cache_dir / name_or_path
-
-
-def train_tokenizer(sft_file, path, vocab_size=2048):
-    """
-    A byte-level BPE of at most vocab_size tokens trained on the prompts and responses of a {prompt, response}
-    file, written at path: no download, and a small model spends its capacity on the task rather than on a
-    50k-row embedding table.
-    """
-    t0 = time.time()
-    ranks = train_bpe([r["prompt"] + r["response"] for r in read_jsonl(sft_file, ("prompt", "response"))], vocab_size)
-    save_bpe(ranks, path)
-    print(f"trained a {len(ranks) + 1}-token BPE on {sft_file} in {time.time() - t0:.1f}s: {path}")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -501,13 +543,13 @@ class MetricsLog:
     """
     Every logged step as one JSON line in out/<stage>/metrics.jsonl. A fresh run starts it empty; a run resumed
     from a checkpoint of step resume_step keeps the lines up to that step and drops those after it, which the
-    interrupted run logged and the resumed one logs again.
+    interrupted run logged and the resumed one logs again. Under torchrun only the master writes.
     """
 
-    def __init__(self, out_dir, resume_step=None, enabled=True):
+    def __init__(self, out_dir, rt, resume_step=None):
         self.path = Path(out_dir) / "metrics.jsonl"
-        self.enabled = enabled  # under torchrun only the master process writes
-        if enabled:
+        self.enabled = rt.master
+        if self.enabled:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             lines = self.path.read_text().splitlines(keepends=True) if self.path.exists() else []
             kept = [] if resume_step is None else [l for l in lines if json.loads(l)["step"] <= resume_step]
@@ -536,25 +578,7 @@ def lr_at(step, max_steps, lr, warmup_steps, min_lr_ratio=0.1):
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Sampling and evaluation on held-out prompts
-
-
-def token_logprobs(logits, tokens, temperature=1.0):
-    """log p(token) under softmax(logits / temperature); cross-entropy avoids materialising a full log-softmax."""
-    logits = logits.float() / temperature
-    return -F.cross_entropy(logits.reshape(-1, logits.size(-1)), tokens.flatten(), reduction="none").view(tokens.shape)
-
-
-def response_logprobs(model, prompt, prompt_mask, response, resp_mask, temperature=1.0):
-    """Per-token log-probs [B, T_resp] of responses that follow left-padded prompts; 0 outside resp_mask."""
-    real = resp_mask.bool()
-    # logits only where a response token is predicted (position t predicts token t+1): not over the prompt,
-    # nor the padding after an end-of-text
-    logits = model(torch.cat([prompt, response], 1), torch.cat([prompt_mask, resp_mask], 1),
-                   where=F.pad(real, (prompt.size(1) - 1, 1)))
-    logprobs = torch.zeros(response.shape, device=response.device)
-    logprobs[real] = token_logprobs(logits, response[real], temperature)
-    return logprobs
+# Sampling
 
 
 @torch.no_grad()
@@ -582,68 +606,3 @@ def decode_responses(enc, batches):
         for row, m in zip(tokens.tolist(), mask.tolist()):
             texts.append(enc.decode([t for t, keep in zip(row, m) if keep]))
     return texts
-
-
-@torch.no_grad()
-def sequence_kl(policy, ref, batches, rt, temperature=1.0):
-    """Per-sequence KL(policy || ref) estimated on the policy's own samples: sum over tokens of log pi - log ref."""
-    kls = []
-    for p, pm, tokens, mask in batches:
-        with rt.autocast():
-            lp = response_logprobs(policy, p, pm, tokens, mask, temperature)
-            lr = response_logprobs(ref, p, pm, tokens, mask, temperature)
-        kls += ((lp - lr) * mask).sum(1).tolist()
-    return kls
-
-
-def win_rate(scores, baseline_scores):
-    """
-    Share of prompts where the policy's sample scores above the baseline's, a tie counting half, and the half-width
-    of its 95% interval: with one independent sample of each per prompt, the per-prompt outcomes are independent.
-    """
-    outcomes = [1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(scores, baseline_scores)]
-    mean = sum(outcomes) / len(outcomes)
-    var = sum((o - mean) ** 2 for o in outcomes) / max(1, len(outcomes) - 1)
-    return mean, 1.96 * math.sqrt(var / len(outcomes))
-
-
-def response_stats(enc, batches, texts):
-    """End-of-text rate, mean length in tokens, and the share of distinct replies (1/n: one reply to everything)."""
-    ended = torch.cat([(tokens == enc.eot_token).any(1) for _, _, tokens, _ in batches])
-    lengths = torch.cat([mask.sum(1) for _, _, _, mask in batches]).float()
-    return {"eot_rate": ended.float().mean().item(), "length": lengths.mean().item(),
-            "distinct": len(set(texts)) / len(texts)}
-
-
-def print_samples(rows, n):
-    """The first n rows' responses beside their prompts, after whatever else a row holds (the gold judge's verdict)."""
-    for row in rows[:n]:
-        note = ", ".join(f"{k} {v:+.2f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()
-                         if k not in ("prompt", "response"))
-        print(f"--- {note}{row['prompt']}{row['response']}")
-
-
-def write_jsonl(path, rows):
-    """Write rows, one JSON object a line, atomically."""
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.writelines(json.dumps(r) + "\n" for r in rows)
-    os.replace(tmp, path)
-
-
-def batch_at(n, batch_size, k, seed, lengths=None):
-    """
-    Indices of the k-th batch of a run: epochs of a shuffle seeded by (seed, epoch), last partial batch dropped.
-    With lengths (a tensor, one per example), each batch holds examples of similar length, since a batch pads to
-    its longest row: windows of 64 batches of the shuffle are sorted by length and cut into batches, and the
-    batches of the epoch are shuffled. A function of k alone, so a resumed run reads exactly the batches the
-    interrupted one would have.
-    """
-    per_epoch = max(1, n // batch_size)
-    epoch, j = divmod(k, per_epoch)
-    g = torch.Generator().manual_seed(seed * 100003 + epoch)
-    perm = torch.randperm(n, generator=g)[:per_epoch * batch_size]
-    if lengths is not None:
-        perm = torch.cat([w[torch.argsort(lengths[w], stable=True)] for w in perm.split(64 * batch_size)])
-        return perm.view(per_epoch, batch_size)[torch.randperm(per_epoch, generator=g)[j]].tolist()
-    return perm[j * batch_size:(j + 1) * batch_size].tolist()

@@ -13,20 +13,19 @@ With no arguments it trains on the built-in task from out/sft/ckpt.pt; by flags,
 """
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from common import (MetricsLog, all_gather_rows, all_sum, batch_at, check_finite, check_split, encode_prompts,
-                    fit_pair_to_context, frozen, leave_processes, load_policy, lr_at, master_first, pad, parallelize,
-                    print_config, print_samples, read_jsonl, restore_training, run_config, save_checkpoint,
-                    setup_runtime, token_logprobs, training_state, whole, write_jsonl)
+from common import (MetricsLog, all_gather_rows, all_sum, batch_at, begin, check_finite, check_split, distributed,
+                    fit_pair_to_context, frozen, leave_processes, load_policy, load_reward_model, lr_at, master_first,
+                    optimizer_step, pad, read_jsonl, restore_run, save_run)
 from data import world
-from evaluate import evaluate_policy, summary_lines
-from reward import load_reward_model
+from evaluate import HeldOut
+from model import token_logprobs
 from tokenizer import load_tokenizer, render
 
 
@@ -55,9 +54,12 @@ class Config:
     temperature: float = 1.0  # sampling temperature at evaluation
     device: str = "auto"  # auto, cpu, cuda, cuda:N
     dtype: str = "auto"  # auto (bf16 or fp16 on CUDA, fp32 on CPU), float32, bfloat16, float16
-    fsdp: bool = False  # under torchrun: shard the policy's weights, gradients and optimizer state across the processes (FSDP2), not copy them (DDP)
     seed: int = 0  # seed of data order and sampling
     resume: bool = False  # continue the run in out_dir from its checkpoint
+
+
+LOSS_TYPES = ("sigmoid", "ipo", "hinge")  # the branches of dpo_loss
+MEAN_LOGPS = ("ipo",)  # the losses that read each response's mean log-prob per token, not its sum
 
 
 def dpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta,
@@ -86,7 +88,7 @@ def dpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_r
     elif loss_type == "hinge":
         losses = torch.relu(1 - beta * h)
     else:
-        raise ValueError(f"loss_type must be sigmoid, ipo or hinge, not {loss_type!r}")
+        raise ValueError(f"loss_type must be one of {LOSS_TYPES}, not {loss_type!r}")
     chosen_rewards = beta * (policy_chosen_logps - ref_chosen_logps).detach()
     rejected_rewards = beta * (policy_rejected_logps - ref_rejected_logps).detach()
     return losses, chosen_rewards, rejected_rewards
@@ -157,29 +159,60 @@ def shared_pair_logps(model, pairs, pad_id, rt, batch_size, average=False):
     return logps.T
 
 
-def main(argv=None):
-    cfg, ckpt_path, resumed = run_config(Config, argv)
-    if cfg.loss_type not in ("sigmoid", "ipo", "hinge"):
-        raise SystemExit(f"--loss_type must be sigmoid, ipo or hinge, not {cfg.loss_type!r}")
+@torch.no_grad()
+def validate(policy, ref, val, ref_val, heldout, sft_rows, cfg, rt):
+    """
+    The held-out pairs' loss and implicit-reward accuracy, and the policy's samples on the held-out prompts (its
+    KL to ref, its win-rates against the SFT policy's sft_rows). Returns (numbers, rows).
+    """
+    c, r = all_pair_logps(policy, val, heldout.enc.eot_token, rt, 2 * cfg.batch_size, cfg.loss_type in MEAN_LOGPS)
+    losses, chosen_rewards, rejected_rewards = dpo_loss(c, r, *ref_val, cfg.beta, cfg.loss_type, cfg.label_smoothing)
+    report, rows = heldout.evaluate(policy, cfg.seed + 1, ref=ref, baseline=sft_rows)
+    return {"loss": losses.mean().item(),
+            "rewards/accuracies": (chosen_rewards > rejected_rewards).float().mean().item(), **report}, rows
+
+
+def reference_logps(ref, train, val, eot, step, cfg, rt):
+    """
+    What the reference is needed for that does not change during training, computed once: its log-probs of the
+    held-out pairs, and unless --recompute_ref of the training pairs the run visits from step on (a run shorter
+    than an epoch would pay for the rest in vain), [2, N] each (NaN for pairs it does not visit).
+    """
+    average = cfg.loss_type in MEAN_LOGPS
+    ref_val = shared_pair_logps(ref, val, eot, rt, 2 * cfg.batch_size, average)
+    if cfg.recompute_ref:
+        return ref_val, None
+    visited = sorted({i for k in range(step, cfg.max_steps) for i in batch_at(len(train), cfg.batch_size, k, cfg.seed)})
+    ref_train = torch.full((2, len(train)), float("nan"), device=rt.device)
+    ref_train[:, visited] = shared_pair_logps(ref, [train[i] for i in visited], eot, rt, 2 * cfg.batch_size, average)
+    return ref_val, ref_train
+
+
+def check(cfg):
+    """Refuse settings that would silently do something else than they say."""
+    if cfg.loss_type not in LOSS_TYPES:
+        raise SystemExit(f"--loss_type must be one of {', '.join(LOSS_TYPES)}, not {cfg.loss_type!r}")
     if cfg.label_smoothing and cfg.loss_type != "sigmoid":
         raise SystemExit(f"--label_smoothing is for --loss_type sigmoid (conservative DPO); {cfg.loss_type} has no "
                          f"use for it: drop it")
-    average = cfg.loss_type == "ipo"  # IPO's log-probs are means per response token (see dpo_loss)
-    rt = setup_runtime(cfg.device, cfg.dtype, cfg.seed)
-    check_split(cfg.batch_size, "--batch_size", rt)
-    say = print if rt.master else lambda *a, **k: None
-    say("dpo config:")
-    if rt.master:
-        print_config(cfg)
+    if cfg.temperature <= 0:
+        raise SystemExit(f"--temperature must be above 0, not {cfg.temperature}: the evaluation's KL is of "
+                         f"softmax(logits / temperature), which greedy decoding does not sample from")
 
+
+def main(argv=None):
+    cfg, rt, ckpt_path, resumed = begin("dpo", Config, argv)
+    check(cfg)
+    check_split(cfg.batch_size, "--batch_size", rt)
+    average = cfg.loss_type in MEAN_LOGPS
     if not cfg.train_file:
         with master_first(rt):  # the master generates the task, the others read it
             data_dir, _ = world.builtin_task()
         train_file, val_file = world.builtin_pairs(cfg.pairs, data_dir)
         prompts_file = cfg.eval_prompts or f"{data_dir}/eval_prompts.jsonl"
+    elif not (cfg.val_file and cfg.eval_prompts):
+        raise SystemExit("with --train_file, also give --val_file and --eval_prompts")
     else:
-        if not (cfg.val_file and cfg.eval_prompts):
-            raise SystemExit("with --train_file, also give --val_file and --eval_prompts")
         train_file, val_file, prompts_file = cfg.train_file, cfg.val_file, cfg.eval_prompts
 
     policy, tokenizer_spec, _ = load_policy(cfg.sft_ckpt, "--sft_ckpt")
@@ -190,69 +223,35 @@ def main(argv=None):
     enc = load_tokenizer(tokenizer_spec)
     eot = enc.eot_token
     max_len = policy.config.block_size
-    say(f"policy and reference from {cfg.sft_ckpt}: {policy.num_params() / 1e6:.2f}M parameters, "
-        f"tokenizer {tokenizer_spec}")
-    train = load_pairs(train_file, enc, max_len, say)
-    val = load_pairs(val_file, enc, max_len, say)[:cfg.n_val_pairs]
-    prompts = [r["prompt"] for r in read_jsonl(prompts_file, ("prompt",))][:cfg.n_eval]
-    prompt_ids, cut = encode_prompts(enc, prompts, max_len, cfg.max_new_tokens)
-    say(f"{prompts_file}: {len(prompts)} prompts sampled at every evaluation, {cut} cut to their last "
-        f"{max_len - cfg.max_new_tokens} tokens")
+    rt.say(f"policy and reference from {cfg.sft_ckpt}: {policy.num_params() / 1e6:.2f}M parameters, "
+           f"tokenizer {tokenizer_spec}")
+    train = load_pairs(train_file, enc, max_len, rt.say)
+    val = load_pairs(val_file, enc, max_len, rt.say)[:cfg.n_val_pairs]
+    reward_model = None  # evaluation only: the reward model's view beside the gold judge's
+    if rt.master and cfg.reward_ckpt and (Path(cfg.reward_ckpt).exists() or cfg.reward_ckpt != Config.reward_ckpt):
+        reward_model = frozen(load_reward_model(cfg.reward_ckpt, "--reward_ckpt", tokenizer_spec)[0]).to(rt.device)
+    heldout = HeldOut(prompts_file, enc, max_len, cfg.max_new_tokens, cfg.temperature, cfg.n_eval, rt, reward_model,
+                      world)
 
-    # everything the reference is needed for that does not change during training, computed once
     t0 = time.time()
-    ref_val = shared_pair_logps(ref, val, eot, rt, 2 * cfg.batch_size, average)
+    ref_val, ref_train = reference_logps(ref, train, val, eot, resumed["step"] if resumed else 0, cfg, rt)
     # the SFT policy is the reference: its samples are the baseline of the win-rate. The policy's are drawn
     # with another seed: shared random numbers would make the two tie more often than independent samples
     # do, pulling the win-rate toward 1/2.
-    reward_model = None
-    if rt.master and cfg.reward_ckpt and (Path(cfg.reward_ckpt).exists() or cfg.reward_ckpt != Config.reward_ckpt):
-        reward_model, rm_tokenizer = load_reward_model(cfg.reward_ckpt, "--reward_ckpt")
-        if rm_tokenizer != tokenizer_spec:
-            raise SystemExit(f"the reward model reads tokenizer {rm_tokenizer}, the policy writes {tokenizer_spec}")
-        reward_model = frozen(reward_model).to(rt.device)
-    evaluate = lambda policy, seed, **kw: evaluate_policy(policy, enc, prompts, prompt_ids, rt, cfg.max_new_tokens,
-                                                          cfg.temperature, seed, reward_model=reward_model, **kw)
-    if rt.master:  # who evaluates
-        sft_report, sft_rows = evaluate(ref, cfg.seed)
-        print(summary_lines("sft", sft_report, len(prompts), prompts_file))
-    step = resumed["step"] if resumed else 0
+    if rt.master:
+        sft_report, sft_rows = heldout.evaluate(ref, cfg.seed)
+        print(heldout.summary("sft", sft_report))
+    rt.say(f"reference log-probs and sft samples in {time.time() - t0:.1f}s")
     if not cfg.recompute_ref:
-        # only the pairs this run will visit: a run shorter than an epoch would pay for the rest in vain
-        visited = sorted({i for k in range(step, cfg.max_steps)
-                          for i in batch_at(len(train), cfg.batch_size, k, cfg.seed)})
-        ref_train = torch.full((2, len(train)), float("nan"), device=rt.device)
-        ref_train[:, visited] = shared_pair_logps(ref, [train[i] for i in visited], eot, rt, 2 * cfg.batch_size,
-                                                  average)
         # training then holds one model, not two. The sequence KL at evaluation still needs the reference on
         # fresh samples: it is reloaded from the checkpoint for each evaluation, when no activations are held.
         ref = None
-    say(f"reference log-probs and sft samples in {time.time() - t0:.1f}s")
 
-    train_policy, replica = parallelize(policy, rt, cfg.fsdp)
+    train_policy = distributed(policy, rt)
     # decay would pull the weights toward 0, not toward the reference: off
     optimizer = policy.configure_optimizers(0.0, cfg.lr, (0.9, 0.95), rt.device.type)
-    if resumed:
-        step = restore_training(resumed, policy, optimizer, rt.scaler)
-        say(f"resumed from {ckpt_path} at step {step}")
-    log = MetricsLog(cfg.out_dir, resume_step=step if resumed else None, enabled=rt.master)
-
-    def checkpoint(step, state, **extra):  # state: training_state, which every process gathers, the master writes
-        if rt.master:
-            save_checkpoint(ckpt_path, {"kind": "policy", "model_config": asdict(policy.config),
-                                        "tokenizer": tokenizer_spec, "config": asdict(cfg), "step": step, **state,
-                                        **extra})
-
-    @torch.no_grad()
-    def validate(policy):
-        """The held-out pairs' loss and implicit-reward accuracy, and the policy's samples on the held-out prompts."""
-        c, r = all_pair_logps(policy, val, eot, rt, 2 * cfg.batch_size, average)
-        losses, chosen_rewards, rejected_rewards = dpo_loss(c, r, *ref_val, cfg.beta, cfg.loss_type,
-                                                            cfg.label_smoothing)
-        reference = ref if cfg.recompute_ref else frozen(load_policy(cfg.sft_ckpt, "--sft_ckpt")[0]).to(rt.device)
-        report, rows = evaluate(policy, cfg.seed + 1, ref=reference, baseline=sft_rows)
-        return {"loss": losses.mean().item(),
-                "rewards/accuracies": (chosen_rewards > rejected_rewards).float().mean().item(), **report}, rows
+    step = restore_run(resumed, policy, optimizer, rt) if resumed else 0
+    log = MetricsLog(cfg.out_dir, rt, resume_step=step if resumed else None)
 
     bar = tqdm(range(step, cfg.max_steps), initial=step, total=cfg.max_steps, desc="dpo", dynamic_ncols=True,
                disable=not rt.master)
@@ -278,48 +277,38 @@ def main(argv=None):
                                     policy_r.detach().sum()]))
         total_loss, chosen, rejected, correct, logp_chosen, logp_rejected = sums.tolist()
         check_finite(total_loss, step, ckpt_path)
-        rt.scaler.scale(loss * rt.world_size).backward()  # x world_size: DDP (or FSDP) averages over processes
-        rt.scaler.unscale_(optimizer)
-        grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip)
-        rt.scaler.step(optimizer)
-        rt.scaler.update()
-        optimizer.zero_grad(set_to_none=True)
+        rt.scaler.scale(loss * rt.world_size).backward()  # x world_size: DDP averages over processes
+        grad_norm = optimizer_step(optimizer, policy.parameters(), cfg.grad_clip, rt)
 
         done = step + 1
         n = len(idx)
         metrics = {"loss": total_loss, "rewards/chosen": chosen / n, "rewards/rejected": rejected / n,
                    "rewards/margins": (chosen - rejected) / n, "rewards/accuracies": correct / n,
-                   "logps/chosen": logp_chosen / n, "logps/rejected": logp_rejected / n,
-                   "lr": lr, "grad_norm": grad_norm.item()}
+                   "logps/chosen": logp_chosen / n, "logps/rejected": logp_rejected / n, "lr": lr, "grad_norm": grad_norm}
         evaluating = done % cfg.eval_interval == 0 and done < cfg.max_steps  # the last step's evaluation is the summary
-        if evaluating:
-            current = whole(policy, replica)  # every process: under FSDP the master evaluates a whole copy
-            if rt.master:
-                report, _ = validate(current)
-                metrics.update({f"eval/{k}": v for k, v in report.items()})
-                tqdm.write(f"step {done}: " + ", ".join(f"{k} {v:.3f}" for k, v in report.items()))
+        if evaluating and rt.master:
+            reference = ref if cfg.recompute_ref else frozen(load_policy(cfg.sft_ckpt)[0]).to(rt.device)
+            report, _ = validate(policy, reference, val, ref_val, heldout, sft_rows, cfg, rt)
+            metrics.update({f"eval/{k}": v for k, v in report.items()})
+            tqdm.write(f"step {done}: " + ", ".join(f"{k} {v:.3f}" for k, v in report.items()))
         log.log(done, **metrics)
         if evaluating:  # after the log line: a run resumed from here continues metrics.jsonl without a gap
-            checkpoint(done, training_state(policy, optimizer, rt.scaler))
-        bar.set_postfix(loss=f"{metrics['loss']:.3f}", chosen=f"{metrics['rewards/chosen']:+.2f}",
-                        rejected=f"{metrics['rewards/rejected']:+.2f}", margin=f"{metrics['rewards/margins']:.2f}",
+            save_run(ckpt_path, "policy", policy, optimizer, rt, cfg, tokenizer_spec, done)
+        bar.set_postfix(loss=f"{metrics['loss']:.3f}", margin=f"{metrics['rewards/margins']:.2f}",
                         acc=f"{metrics['rewards/accuracies']:.2f}", logp_c=f"{metrics['logps/chosen']:.1f}",
                         logp_r=f"{metrics['logps/rejected']:.1f}")
     bar.close()
-    final = training_state(policy, optimizer, rt.scaler)
-    policy = whole(policy, replica)  # from here the master goes on alone
     leave_processes(rt)
     if not rt.master:
         return None
 
-    summary, rows = validate(policy)
+    reference = ref if cfg.recompute_ref else frozen(load_policy(cfg.sft_ckpt)[0]).to(rt.device)
+    summary, rows = validate(policy, reference, val, ref_val, heldout, sft_rows, cfg, rt)
     summary.update({f"sft_{k}": v for k, v in sft_report.items()})
-    print_samples(rows, 5)
+    heldout.show("dpo", summary, rows, cfg.out_dir)
     print(f"dpo: held-out implicit-reward accuracy {summary['rewards/accuracies']:.1%}")
-    print(summary_lines("dpo", summary, len(prompts), prompts_file))
-    write_jsonl(Path(cfg.out_dir) / "samples.jsonl", rows)
     log.log(cfg.max_steps, **{f"final/{k}": v for k, v in summary.items()})
-    checkpoint(cfg.max_steps, final, summary=summary)
+    save_run(ckpt_path, "policy", policy, optimizer, rt, cfg, tokenizer_spec, cfg.max_steps, summary=summary)
     print(f"saved {ckpt_path}")
     return summary
 

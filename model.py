@@ -275,6 +275,45 @@ class GPT(nn.Module):
         return model
 
 
+class RewardModel(nn.Module):
+    """
+    A GPT trunk and a scalar head, read at each sequence's last real token: the end-of-text that closes the
+    response, the only position that has seen all of it. reward = gain * head(hidden) + bias, where gain and bias
+    are the normalisation reward.py sets after training (1 and 0 before), buffers so they travel in the state dict.
+    """
+
+    def __init__(self, config):
+        super().__init__()
+        self.gpt = GPT(config)
+        self.head = ScalarHead(config.n_embd)
+        self.register_buffer("gain", torch.ones(()))
+        self.register_buffer("bias", torch.zeros(()))
+
+    @property
+    def config(self):
+        return self.gpt.config
+
+    def forward(self, ids, mask):
+        """
+        ids, mask: [B, T], mask 1 on real tokens. Padding may be on the left, the right or both (a left-padded
+        prompt followed by a right-padded response); every row is scored as if alone. Returns rewards [B].
+        """
+        hidden = self.gpt.hidden_states(ids, mask)
+        last = (mask.long() * torch.arange(ids.size(1), device=ids.device)).argmax(1)  # the last 1 of the mask
+        return self.gain * self.head(hidden[torch.arange(ids.size(0), device=ids.device), last]).float() + self.bias
+
+
+def token_logprobs(logits, tokens, temperature=1.0):
+    """
+    log p(token) under softmax(logits / temperature), the distribution the tokens were sampled from; cross-entropy
+    avoids materialising a full log-softmax. Greedy decoding (temperature 0) has no such distribution.
+    """
+    if temperature <= 0:
+        raise ValueError(f"log-probs need a sampling temperature above 0, not {temperature}")
+    logits = logits.float() / temperature
+    return -F.cross_entropy(logits.reshape(-1, logits.size(-1)), tokens.flatten(), reduction="none").view(tokens.shape)
+
+
 def filter_logits(logits, top_k=None, top_p=None):
     """Set to -inf every logit outside the top k, and outside the smallest set whose probability reaches top_p."""
     if top_k is not None:

@@ -14,22 +14,19 @@ The details follow OpenAI's lm-human-preferences and "The N+ Implementation Deta
 """
 
 import time
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from common import (MetricsLog, all_gather_objects, all_mean, all_sum, batch_at, check_finite, encode_prompts, frozen,
-                    leave_processes, load_policy, lr_at, master_first, pad, parallelize, print_config, print_samples,
-                    read_jsonl, response_logprobs, restore_training, run_config, save_checkpoint, setup_runtime,
-                    token_logprobs, training_state, whole, write_jsonl)
+from common import (MetricsLog, all_gather_objects, all_mean, all_sum, batch_at, begin, check_finite, distributed,
+                    frozen, leave_processes, load_policy, load_prompts, load_reward_model, lr_at, master_first, pad,
+                    restore_run, save_run)
 from data import world
-from evaluate import evaluate_policy, summary_lines
-from model import ScalarHead, response_mask
-from reward import load_reward_model
+from evaluate import HeldOut, print_samples
+from model import ScalarHead, response_mask, token_logprobs
 from tokenizer import load_tokenizer
 
 
@@ -49,7 +46,7 @@ class Config:
     grad_clip: float = 1.0  # clip the gradient norm to this
     temperature: float = 1.0  # sampling temperature; every log-prob is of softmax(logits / temperature)
     max_new_tokens: int = 64  # response length limit; a response that hits it never ended
-    missing_eot_penalty: float = -1.0  # added to the score of a response that never ended (-1: one std of SFT samples' rewards)
+    missing_eot_penalty: float = 1.0  # subtracted from the score of a response that never ended (1: one std of SFT samples' rewards)
     whiten_rewards: bool = False  # rescale each rollout's scores to std 1, keeping their mean
     kl_coef: float = 0.2  # beta, the per-token KL penalty's weight (start value if adaptive; tuned on the validation prompts); lower lets the policy exploit the reward model more
     adaptive_kl: bool = False  # adapt beta to keep the KL near kl_target (Ziegler et al. 2019)
@@ -65,7 +62,6 @@ class Config:
     n_eval: int = 256  # held-out prompts per evaluation
     device: str = "auto"  # auto, cpu, cuda, cuda:N
     dtype: str = "auto"  # auto (bf16 or fp16 on CUDA, fp32 on CPU), float32, bfloat16, float16
-    fsdp: bool = False  # under torchrun: shard the policy's weights, gradients and optimizer state across the processes (FSDP2), not copy them (DDP)
     seed: int = 0  # seed of the value head, prompt order and sampling
     resume: bool = False  # continue the run in out_dir from its checkpoint
 
@@ -204,6 +200,18 @@ def explained_variance(values, returns, mask, across_processes=False):
 # Rollouts and the update
 
 
+def response_logprobs(model, prompt, prompt_mask, response, resp_mask, temperature=1.0):
+    """Per-token log-probs [B, T_resp] of responses that follow left-padded prompts; 0 outside resp_mask."""
+    real = resp_mask.bool()
+    # logits only where a response token is predicted (position t predicts token t+1): not over the prompt,
+    # nor the padding after an end-of-text
+    logits = model(torch.cat([prompt, response], 1), torch.cat([prompt_mask, resp_mask], 1),
+                   where=F.pad(real, (prompt.size(1) - 1, 1)))
+    logprobs = torch.zeros(response.shape, device=response.device)
+    logprobs[real] = token_logprobs(logits, response[real], temperature)
+    return logprobs
+
+
 def noncanonical_share(enc, tokens, mask):
     """
     Share of responses whose tokens are not the tokenizer's own encoding of their text, enc.encode_ordinary(text):
@@ -224,22 +232,21 @@ def score_responses(reward_model, prompt, prompt_mask, tokens, mask, eot_id, mis
     """
     scores = reward_model(torch.cat([prompt, tokens], 1), torch.cat([prompt_mask, mask], 1)).float()
     ended = (tokens == eot_id).any(1)
-    return scores + torch.where(ended, 0.0, missing_eot_penalty)
+    return scores - torch.where(ended, 0.0, missing_eot_penalty)
 
 
 @torch.no_grad()
-def rollout(agent, ref, reward_model, prompt_ids, beta, cfg, rt, eot_id, generator, sampler=None):
+def rollout(agent, ref, reward_model, prompt_ids, beta, cfg, rt, eot_id, generator):
     """
     Answer a batch of prompts and compute everything the update needs. Returns (batch, stats): batch holds the
     left-padded prompts, the responses and their mask, the old log-probs and values, whitened advantages and
     returns, all [B, ...] so that minibatches are rows of it; stats are the per-iteration objective metrics.
     Under torchrun each process answers its share of the prompts, and the statistics are of all of them.
-    sampler: the policy GPT that samples, agent.gpt by default (under FSDP a whole copy of it: common.whole).
     """
     prompt, prompt_mask = (t.to(rt.device) for t in pad(prompt_ids, eot_id, left=True))
     with rt.autocast():
-        tokens, _ = (sampler or agent.gpt).generate(prompt, prompt_mask, cfg.max_new_tokens, eot_id, cfg.temperature,
-                                                    generator=generator)
+        tokens, _ = agent.gpt.generate(prompt, prompt_mask, cfg.max_new_tokens, eot_id, cfg.temperature,
+                                       generator=generator)
     mask = response_mask(tokens, eot_id)
     # old log-probs come from the very forward pass the update uses, not from generate's cached one: otherwise
     # rounding differences would make the first ratio differ from 1 before the policy has moved at all
@@ -296,7 +303,7 @@ def ppo_update(agent, optimizer, batch, cfg, rt, train_agent=None):
             # this process's losses are means over its own tokens: weighed by its share of the minibatch's
             share = mask.sum() / all_sum(mask.sum())
             loss = (pg_loss + cfg.vf_coef * vf_loss) * share
-            rt.scaler.scale(loss * rt.world_size).backward()  # x world_size: DDP (or FSDP) averages over processes
+            rt.scaler.scale(loss * rt.world_size).backward()  # x world_size: DDP averages over processes
             rt.scaler.unscale_(optimizer)
             # one clip budget for both: the norms apart tell which of the two losses spends it
             policy_norm, value_norm = grad_norm(agent.gpt.parameters()), grad_norm(agent.value_head.parameters())
@@ -315,17 +322,51 @@ def ppo_update(agent, optimizer, batch, cfg, rt, train_agent=None):
     return stats
 
 
-def main(argv=None):
-    cfg, ckpt_path, resumed = run_config(Config, argv)
-    rt = setup_runtime(cfg.device, cfg.dtype, cfg.seed)
-    if cfg.rollout_batch % rt.world_size or cfg.minibatch % rt.world_size:
-        raise SystemExit(f"--rollout_batch {cfg.rollout_batch} and --minibatch {cfg.minibatch} must be multiples of "
-                         f"the {rt.world_size} processes, which each take an equal share of both")
-    say = print if rt.master else lambda *a, **k: None
-    say("ppo config:")
-    if rt.master:
-        print_config(cfg)
+def save_ppo(path, agent, optimizer, rt, cfg, tokenizer, step, beta, generator, **extra):
+    """
+    The policy and, apart, its value head: later stages load it as a policy (common.load_policy). For --resume,
+    besides what every stage keeps: beta and each process's sampling generator, which every process must send.
+    """
+    generators = all_gather_objects(generator.get_state())
+    save_run(path, "ppo_policy", agent.gpt, optimizer, rt, cfg, tokenizer, step,
+             value_head=agent.value_head.state_dict(), kl_coef=beta, generators=generators, **extra)
 
+
+def resume_ppo(ckpt, agent, optimizer, generator, cfg, rt):
+    """
+    Load what save_ppo saved; returns (the iteration to go on from, beta). The prompts of each iteration follow
+    from its number (batch_at), so nothing else is needed.
+    """
+    if len(ckpt["generators"]) != rt.world_size:
+        raise SystemExit(f"{cfg.out_dir} was written by {len(ckpt['generators'])} processes, each with its own "
+                         f"sampling generator: resume it with as many")
+    if ckpt["step"] >= cfg.iterations:
+        raise SystemExit(f"{cfg.out_dir} has finished all {cfg.iterations} iterations: nothing to resume")
+    agent.value_head.load_state_dict(ckpt["value_head"])
+    generator.set_state(ckpt["generators"][rt.rank])
+    return restore_run(ckpt, agent.gpt, optimizer, rt), ckpt["kl_coef"]
+
+
+SHOWN = ("objective/scores", "objective/kl", "objective/rlhf_reward", "policy/approxkl", "policy/clipfrac",
+         "val/explained_variance", "response/length", "response/eot_rate", "objective/beta", "eval/gold")
+
+
+def check(cfg, rt):
+    """Refuse settings that would silently do something else than they say."""
+    if cfg.rollout_batch % cfg.minibatch or cfg.minibatch % rt.world_size:
+        raise SystemExit(f"--rollout_batch {cfg.rollout_batch} must be a multiple of --minibatch {cfg.minibatch}, and "
+                         f"that of the {rt.world_size} processes: every minibatch the same size, shared out equally")
+    if cfg.temperature <= 0:
+        raise SystemExit(f"--temperature must be above 0, not {cfg.temperature}: PPO's log-probs are of "
+                         f"softmax(logits / temperature), which greedy decoding does not sample from")
+    if cfg.missing_eot_penalty < 0:
+        raise SystemExit(f"--missing_eot_penalty is subtracted from the score of a response that never ended: give "
+                         f"0 or more, not {cfg.missing_eot_penalty}, which would reward never ending")
+
+
+def main(argv=None):
+    cfg, rt, ckpt_path, resumed = begin("ppo", Config, argv)
+    check(cfg, rt)
     if not cfg.prompts_file:
         with master_first(rt):  # the master generates the task, the others read it
             data_dir, _ = world.builtin_task()
@@ -338,67 +379,33 @@ def main(argv=None):
     # three models: the policy (trained, with its value head), the reference and the reward model (frozen)
     policy, tokenizer_spec, _ = load_policy(cfg.sft_ckpt, "--sft_ckpt")
     ref = frozen(load_policy(cfg.sft_ckpt, "--sft_ckpt")[0]).to(rt.device)
-    reward_model, rm_tokenizer = load_reward_model(cfg.reward_ckpt, "--reward_ckpt")
-    reward_model = frozen(reward_model).to(rt.device)
-    if rm_tokenizer != tokenizer_spec:
-        raise SystemExit(f"the reward model reads tokenizer {rm_tokenizer}, the policy writes {tokenizer_spec}")
+    reward_model = frozen(load_reward_model(cfg.reward_ckpt, "--reward_ckpt", tokenizer_spec)[0]).to(rt.device)
     enc = load_tokenizer(tokenizer_spec)
     agent = PolicyWithValue(policy).to(rt.device)
     agent.eval()  # dropout off for good: it would make the log-probs, and so the ratios, noisy
-    say(f"policy: {policy.num_params() / 1e6:.2f}M parameters from {cfg.sft_ckpt}; reward model {cfg.reward_ckpt}")
-
+    rt.say(f"policy: {policy.num_params() / 1e6:.2f}M parameters from {cfg.sft_ckpt}; reward model {cfg.reward_ckpt}")
     context = policy.config.block_size
-    train_ids, train_cut = encode_prompts(enc, [r["prompt"] for r in read_jsonl(train_file, ("prompt",))], context,
-                                          cfg.max_new_tokens)
-    eval_prompts = [r["prompt"] for r in read_jsonl(eval_file, ("prompt",))][:cfg.n_eval]
-    eval_ids, eval_cut = encode_prompts(enc, eval_prompts, context, cfg.max_new_tokens)
-    say(f"{len(train_ids)} training prompts from {train_file}, {len(eval_prompts)} held-out from {eval_file}; "
-        f"{train_cut} and {eval_cut} of them cut to their last {context - cfg.max_new_tokens} tokens")
+    _, train_ids = load_prompts(train_file, enc, context, cfg.max_new_tokens, None, rt.say)
+    heldout = HeldOut(eval_file, enc, context, cfg.max_new_tokens, cfg.temperature, cfg.n_eval, rt, reward_model,
+                      world)
 
-    train_agent, replica = parallelize(agent, rt, cfg.fsdp)
+    train_agent = distributed(agent, rt)
     # Adam's eps 1e-5 rather than 1e-8, as in lm-human-preferences: steadier steps on tiny second moments
     optimizer = torch.optim.Adam(agent.parameters(), lr=cfg.lr, eps=1e-5)
     generator = torch.Generator(rt.device).manual_seed(cfg.seed + rt.rank)  # each process samples its own
-    beta, start = cfg.kl_coef, 0
-    if resumed:  # the prompts of each iteration follow from its number (batch_at); the rest is in the checkpoint
-        if len(resumed["generators"]) != rt.world_size:
-            raise SystemExit(f"{ckpt_path} was written by {len(resumed['generators'])} processes, each with its own "
-                             f"sampling generator: resume it with as many")
-        weights = {**{f"gpt.{k}": v for k, v in resumed["model"].items()},
-                   **{f"value_head.{k}": v for k, v in resumed["value_head"].items()}}
-        start = restore_training({**resumed, "model": weights}, agent, optimizer, rt.scaler)
-        generator.set_state(resumed["generators"][rt.rank])
-        beta = resumed["kl_coef"]
-        if start >= cfg.iterations:
-            raise SystemExit(f"{ckpt_path} has finished all {cfg.iterations} iterations: nothing to resume")
-        say(f"resumed from {ckpt_path} at iteration {start}, beta {beta:.4f}")
+    start, beta = resume_ppo(resumed, agent, optimizer, generator, cfg, rt) if resumed else (0, cfg.kl_coef)
     kl_horizon = cfg.kl_horizon or cfg.iterations * cfg.rollout_batch
     kl_ctl = AdaptiveKLController(beta, cfg.kl_target, kl_horizon) if cfg.adaptive_kl else None
-    log = MetricsLog(cfg.out_dir, resume_step=start if resumed else None, enabled=rt.master)
+    log = MetricsLog(cfg.out_dir, rt, resume_step=start if resumed else None)
 
     # the SFT policy's samples on the held-out prompts, at the training temperature: the baseline of every win-rate.
     # The policy's are drawn with another seed: shared random numbers would make the two tie more often than
     # independent samples do
-    evaluate = lambda policy, seed, **kw: evaluate_policy(policy, enc, eval_prompts, eval_ids, rt, cfg.max_new_tokens,
-                                                          cfg.temperature, seed, reward_model=reward_model, **kw)
-    if rt.master:  # who evaluates
-        sft_report, sft_rows = evaluate(ref, cfg.seed)
-        print(summary_lines("sft", sft_report, len(eval_prompts), eval_file))
+    if rt.master:
+        sft_report, sft_rows = heldout.evaluate(ref, cfg.seed)
+        print(heldout.summary("sft", sft_report))
         if not resumed:
             log.log(0, **{f"eval/sft_{k}": v for k, v in sft_report.items()})
-
-    def gathered_state():  # from every process: under FSDP its shards, and the state of its sampling generator
-        return {**training_state(agent, optimizer, rt.scaler), "generators": all_gather_objects(generator.get_state())}
-
-    def checkpoint(done, state, **extra):
-        # a policy with its value head, which later stages load as a policy (common.load_policy); and for --resume,
-        # beta and the sampling generators besides what every stage keeps. The master writes it.
-        if rt.master:
-            weights = state.pop("model")
-            part = lambda name: {k.removeprefix(name): v for k, v in weights.items() if k.startswith(name)}
-            save_checkpoint(ckpt_path, {"kind": "ppo_policy", "model": part("gpt."), "value_head": part("value_head."),
-                                        "model_config": asdict(agent.gpt.config), "tokenizer": tokenizer_spec,
-                                        "config": asdict(cfg), "step": done, "kl_coef": beta, **state, **extra})
 
     bar = tqdm(range(start, cfg.iterations), initial=start, total=cfg.iterations, desc="ppo", dynamic_ncols=True,
                disable=not rt.master)
@@ -408,9 +415,8 @@ def main(argv=None):
         for group in optimizer.param_groups:
             group["lr"] = lr
         prompts = [train_ids[i] for i in batch_at(len(train_ids), cfg.rollout_batch, it, cfg.seed)]
-        sampler = whole(agent, replica)  # every process: under FSDP each samples alone, with a whole copy
         batch, metrics = rollout(agent, ref, reward_model, prompts[rt.rank::rt.world_size], beta, cfg, rt,
-                                 enc.eot_token, generator, sampler.gpt)
+                                 enc.eot_token, generator)
         metrics.update(all_mean({"response/noncanonical": noncanonical_share(enc, batch["tokens"], batch["mask"])},
                                 rt.device))
         steps = ppo_update(agent, optimizer, batch, cfg, rt, train_agent)
@@ -423,37 +429,27 @@ def main(argv=None):
             beta = kl_ctl.value
 
         done = it + 1
-        if done % cfg.eval_interval == 0 or done == cfg.iterations:
-            current = whole(agent, replica)  # every process: under FSDP the master evaluates a whole copy
-            if rt.master:
-                report, rows = evaluate(current.gpt, cfg.seed + 1, ref=ref, baseline=sft_rows)
-                metrics.update({f"eval/{k}": v for k, v in report.items()})
-                bar.write(f"iteration {done}: " + ", ".join(f"{k} {report[k]:.3f}" for k in
-                                                            ("score", "gold", "win_rate", "kl", "length")
-                                                            if k in report))
-                print_samples(rows, 2)
+        if rt.master and (done % cfg.eval_interval == 0 or done == cfg.iterations):
+            report, rows = heldout.evaluate(agent.gpt, cfg.seed + 1, ref=ref, baseline=sft_rows)
+            metrics.update({f"eval/{k}": v for k, v in report.items()})
+            bar.write(f"iteration {done}: " + ", ".join(f"{k} {report[k]:.3f}" for k in
+                                                        ("score", "gold", "win_rate", "kl", "length") if k in report))
+            print_samples(rows, 2)
         log.log(done, **metrics)
-        bar.set_postfix(score=f"{metrics['objective/scores']:.2f}", kl=f"{metrics['objective/kl']:.2f}",
-                        rlhf_reward=f"{metrics['objective/rlhf_reward']:.2f}",
-                        approxkl=f"{metrics['policy/approxkl']:.4f}", clipfrac=f"{metrics['policy/clipfrac']:.3f}",
-                        ev=f"{metrics['val/explained_variance']:.2f}", len=f"{metrics['response/length']:.0f}",
-                        eot=f"{metrics['response/eot_rate']:.2f}", beta=f"{metrics['objective/beta']:.3f}",
-                        **({"gold": f"{metrics['eval/gold']:.2f}"} if "eval/gold" in metrics else {}))
+        bar.set_postfix({k.split("/")[-1]: f"{metrics[k]:.3f}" for k in SHOWN if k in metrics})
         if done % cfg.ckpt_interval == 0 and done < cfg.iterations:
             # after the log line: a run resumed from here continues metrics.jsonl without a gap
-            checkpoint(done, gathered_state())
+            save_ppo(ckpt_path, agent, optimizer, rt, cfg, tokenizer_spec, done, beta, generator)
     bar.close()
-    final = gathered_state()
+    summary = {**report, **{f"sft_{k}": v for k, v in sft_report.items()},
+               "iters_per_s": metrics["iters_per_s"]} if rt.master else None
+    save_ppo(ckpt_path, agent, optimizer, rt, cfg, tokenizer_spec, cfg.iterations, beta, generator, summary=summary)
     leave_processes(rt)
     if not rt.master:
         return None
 
-    summary = {**report, **{f"sft_{k}": v for k, v in sft_report.items()}, "iters_per_s": metrics["iters_per_s"]}
     log.log(cfg.iterations, **{f"final/{k}": v for k, v in summary.items()})
-    checkpoint(cfg.iterations, final, summary=summary)
-    print_samples(rows, 5)
-    print(summary_lines("ppo", report, len(eval_prompts), eval_file))
-    write_jsonl(Path(cfg.out_dir) / "samples.jsonl", rows)
+    heldout.show("ppo", report, rows, cfg.out_dir)
     print(f"saved {ckpt_path} ({(cfg.iterations - start) / (time.time() - t0):.2f} iterations/s)")
     return summary
 

@@ -14,20 +14,18 @@ mean 0 and standard deviation 1. With no arguments it trains on the built-in tas
 
 import collections
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from common import (MetricsLog, all_gather_rows, all_sum, batch_at, check_finite, check_split, encode_prompts,
-                    fit_pair_to_context, leave_processes, load_checkpoint, load_policy, lr_at, master_first, pad,
-                    parallelize, print_config, read_jsonl, restore_training, run_config, sample, save_checkpoint,
-                    setup_runtime, training_state, whole)
+from common import (MetricsLog, all_gather_rows, all_sum, batch_at, begin, check_finite, check_split, distributed,
+                    fit_pair_to_context, leave_processes, load_policy, load_prompts, lr_at, master_first,
+                    optimizer_step, pad, read_jsonl, restore_run, sample, save_run)
 from data import world
 from evaluate import reward_scores
-from model import GPT, GPTConfig, ScalarHead
+from model import GPTConfig, RewardModel
 from tokenizer import EOT, load_tokenizer, render
 
 
@@ -55,41 +53,8 @@ class Config:
     device: str = "auto"  # auto, cpu, cuda, cuda:N
     dtype: str = "auto"  # auto (bf16 or fp16 on CUDA, fp32 on CPU), float32, bfloat16, float16
     compile: bool = False  # torch.compile the model for training
-    fsdp: bool = False  # under torchrun: shard the weights, gradients and optimizer state across the processes (FSDP2), not copy them (DDP)
     seed: int = 0  # seed of the head's initialisation, data order and sampling
     resume: bool = False  # continue the run in out_dir from its checkpoint
-
-
-class RewardModel(nn.Module):
-    """
-    A GPT trunk and a scalar head. reward = gain * head(hidden state at the last real token) + bias, where gain
-    and bias are the normalisation set after training (1 and 0 before), buffers so they travel in the state dict.
-    """
-
-    def __init__(self, config):
-        super().__init__()
-        self.gpt = GPT(config)
-        self.head = ScalarHead(config.n_embd)
-        self.register_buffer("gain", torch.ones(()))
-        self.register_buffer("bias", torch.zeros(()))
-
-    def forward(self, ids, mask):
-        """
-        ids, mask: [B, T], mask 1 on real tokens. Padding may be on the left, the right or both (a left-padded
-        prompt followed by a right-padded response); every row is scored as if alone. Returns rewards [B].
-        """
-        hidden = self.gpt.hidden_states(ids, mask)
-        # the last position where the mask is 1: the end-of-text that closes the response
-        last = (mask.long() * torch.arange(ids.size(1), device=ids.device)).argmax(1)
-        return self.gain * self.head(hidden[torch.arange(ids.size(0), device=ids.device), last]).float() + self.bias
-
-
-def load_reward_model(path="out/reward/ckpt.pt", flag=None):
-    """The trained, normalised reward model of a checkpoint and its tokenizer spec."""
-    ckpt = load_checkpoint(path, ("reward_model",), flag)
-    rm = RewardModel(GPTConfig(**ckpt["model_config"]))
-    rm.load_state_dict(ckpt["model"])
-    return rm, ckpt["tokenizer"]
 
 
 def preference_loss(chosen_rewards, rejected_rewards, margin=0.0, center_coef=0.0):
@@ -152,6 +117,22 @@ def evaluate(rm, pairs, cfg, rt, pad_id, gold=None, classes=None):
     return metrics
 
 
+def gold_verdicts(records):
+    """
+    What the gold judge says of held-out pairs, where it knows their prompts: (per pair +1 where it prefers the
+    chosen response, -1 the rejected, 0 a tie; per pair its classes of the better and the worse reply, as
+    "right>wrong"; the raters' agreement with it, a tie counting half). (None, None, None) elsewhere.
+    """
+    if not world.judges([r["prompt"] for r in records]):
+        return None, None, None
+    # the gold judge reads raw decoded text, where a finished response ends in end-of-text
+    judged = [(world.judge(r["prompt"], r["chosen"] + EOT), world.judge(r["prompt"], r["rejected"] + EOT))
+              for r in records]
+    gold = torch.tensor([a[0] - b[0] for a, b in judged]).sign()
+    classes = [f"{max(a, b)[1]}>{min(a, b)[1]}" for a, b in judged]  # (score, label): the better one's first
+    return gold, classes, torch.where(gold == 0, 0.5, (gold > 0).float()).mean().item()
+
+
 def normalisation(raw, ended):
     """
     (gain, bias) that make gain * raw + bias score mean 0 and standard deviation 1 over the SFT policy's samples
@@ -184,23 +165,37 @@ def normalise(rm, policy, enc, prompt_ids, cfg, rt):
     return raw, ended
 
 
-def main(argv=None):
-    cfg, ckpt_path, resumed = run_config(Config, argv)
-    rt = setup_runtime(cfg.device, cfg.dtype, cfg.seed)
-    check_split(cfg.batch_size, "--batch_size", rt)
-    say = print if rt.master else lambda *a, **k: None
-    say("reward config:")
-    if rt.master:
-        print_config(cfg)
+def print_summary(summary, ended, classes, val_file):
+    """What reward.py says at the end: its normalisation, its held-out numbers, and where the gold judge knows the
+    pairs, its agreement with the judge overall and within each pair of the judge's classes."""
+    print(f"normalised: reward = {summary['norm_gain']:.3f} * head {summary['norm_bias']:+.3f}, so that the SFT "
+          f"policy's samples on {len(ended)} training prompts score mean 0, std 1 over the {int(ended.sum())} "
+          f"that ended with end-of-text" + ("" if ended.sum() >= 2 else " (too few: over all of them)"))
+    print(f"held-out pairs, before normalising: accuracy {summary['val_accuracy']:.1%}, loss {summary['val_loss']:.3f},"
+          f" margin {summary['val_margin']:.3f}, rewards {summary['val_reward_mean']:+.3f} ± "
+          f"{summary['val_reward_std']:.3f}")
+    if classes is None:
+        print(f"no gold judge for these pairs (it knows the built-in task's prompts only): the accuracy against the "
+              f"held-out labels of {val_file} is the measure")
+        return
+    print(f"agreement with the gold judge {summary['val_gold_agreement']:.1%}; the raters' own: "
+          f"{summary['raters_ceiling']:.1%}")
+    counts = collections.Counter(k for k in classes if k.split(">")[0] != k.split(">")[1])
+    print("by the gold judge's classes of the better > the worse reply: " + ", ".join(
+        f"{k} {summary[f'val_gold_agreement/{k}']:.0%} of {n}" for k, n in counts.most_common()))
 
+
+def main(argv=None):
+    cfg, rt, ckpt_path, resumed = begin("reward", Config, argv)
+    check_split(cfg.batch_size, "--batch_size", rt)
     if not cfg.train_file:
         with master_first(rt):  # the master generates the task, the others read it
             data_dir, _ = world.builtin_task()
         train_file, val_file = world.builtin_pairs(cfg.pairs, data_dir)
         prompts_file = f"{data_dir}/prompts_train.jsonl"
+    elif not (cfg.val_file and cfg.prompts_file):
+        raise SystemExit("with --train_file, also give --val_file and --prompts_file")
     else:
-        if not (cfg.val_file and cfg.prompts_file):
-            raise SystemExit("with --train_file, also give --val_file and --prompts_file")
         train_file, val_file, prompts_file = cfg.train_file, cfg.val_file, cfg.prompts_file
 
     # the SFT model twice: a frozen policy to sample from, and the trunk of the reward model.
@@ -211,39 +206,21 @@ def main(argv=None):
     rm.gpt.load_state_dict(sft["model"])
     policy.to(rt.device)
     rm.to(rt.device)
-    say(f"reward model: {sum(p.numel() for p in rm.parameters()) / 1e6:.2f}M parameters from {cfg.sft_ckpt}")
+    rt.say(f"reward model: {sum(p.numel() for p in rm.parameters()) / 1e6:.2f}M parameters from {cfg.sft_ckpt}")
 
-    max_len = rm.gpt.config.block_size
-    _, train = load_pairs(train_file, enc, max_len, say)
-    val_records, val = load_pairs(val_file, enc, max_len, say)
-    prompts = [r["prompt"] for r in read_jsonl(prompts_file, ("prompt",))][:cfg.n_norm]
-    prompt_ids, cut = encode_prompts(enc, prompts, max_len, cfg.max_new_tokens)
-    say(f"{prompts_file}: {len(prompts)} prompts for the normalisation, {cut} cut to their last "
-        f"{max_len - cfg.max_new_tokens} tokens")
-    gold, classes, ceiling = None, None, None
-    if world.judges([v["prompt"] for v in val_records]):
-        # the gold judge reads raw decoded text, where a finished response ends in end-of-text
-        judged = [(world.judge(v["prompt"], v["chosen"] + EOT), world.judge(v["prompt"], v["rejected"] + EOT))
-                  for v in val_records]
-        gold = torch.tensor([a[0] - b[0] for a, b in judged]).sign()
-        classes = [f"{max(a, b)[1]}>{min(a, b)[1]}" for a, b in judged]  # (score, label): the better one's first
-        ceiling = torch.where(gold == 0, 0.5, (gold > 0).float()).mean().item()
-        say(f"raters' ceiling: the held-out labels agree with the gold judge on {ceiling:.1%} of pairs")
+    max_len = rm.config.block_size
+    _, train = load_pairs(train_file, enc, max_len, rt.say)
+    val_records, val = load_pairs(val_file, enc, max_len, rt.say)
+    _, prompt_ids = load_prompts(prompts_file, enc, max_len, cfg.max_new_tokens, cfg.n_norm, rt.say)
+    gold, classes, ceiling = gold_verdicts(val_records)
+    if gold is not None:
+        rt.say(f"raters' ceiling: the held-out labels agree with the gold judge on {ceiling:.1%} of pairs")
 
-    train_rm, replica = parallelize(rm, rt, cfg.fsdp, cfg.compile)
+    train_rm = distributed(rm, rt, cfg.compile)
     optimizer = rm.gpt.configure_optimizers(cfg.weight_decay, cfg.lr, (0.9, 0.95), rt.device.type,
                                             extra_params=rm.head.parameters())
-    step = 0
-    if resumed:
-        step = restore_training(resumed, rm, optimizer, rt.scaler)
-        say(f"resumed from {ckpt_path} at step {step}")
-    log = MetricsLog(cfg.out_dir, resume_step=step if resumed else None, enabled=rt.master)
-
-    def checkpoint(step, state, **extra):  # state: training_state, which every process gathers, the master writes
-        if rt.master:
-            save_checkpoint(ckpt_path, {"kind": "reward_model", "model_config": asdict(rm.gpt.config),
-                                        "tokenizer": tokenizer_spec, "config": asdict(cfg), "step": step, **state,
-                                        **extra})
+    step = restore_run(resumed, rm, optimizer, rt) if resumed else 0
+    log = MetricsLog(cfg.out_dir, rt, resume_step=step if resumed else None)
 
     bar = tqdm(range(step, cfg.max_steps), initial=step, total=cfg.max_steps, desc="reward", dynamic_ncols=True,
                disable=not rt.master)
@@ -262,54 +239,34 @@ def main(argv=None):
         # every process must see the same loss, so that all of them stop together
         total_loss, correct = all_sum(torch.stack([loss.detach().float(), (chosen > rejected).sum().float()])).tolist()
         check_finite(total_loss, step, ckpt_path)
-        rt.scaler.scale(loss * rt.world_size).backward()  # x world_size: DDP (or FSDP) averages over processes
-        rt.scaler.unscale_(optimizer)
-        grad_norm = torch.nn.utils.clip_grad_norm_(rm.parameters(), cfg.grad_clip)
-        rt.scaler.step(optimizer)
-        rt.scaler.update()
-        optimizer.zero_grad(set_to_none=True)
+        rt.scaler.scale(loss * rt.world_size).backward()  # x world_size: DDP averages over processes
+        grad_norm = optimizer_step(optimizer, rm.parameters(), cfg.grad_clip, rt)
 
         done = step + 1
-        metrics = {"loss": total_loss, "accuracy": correct / len(batch), "lr": lr, "grad_norm": grad_norm.item(),
+        metrics = {"loss": total_loss, "accuracy": correct / len(batch), "lr": lr, "grad_norm": grad_norm,
                    "pairs_per_s": (done - start) * cfg.batch_size / (time.time() - t0)}
-        if done % cfg.eval_interval == 0 and done < cfg.max_steps:  # the last one comes after normalising
-            scorer = whole(rm, replica)  # every process: under FSDP the master evaluates a whole copy
-            if rt.master:
-                metrics.update(evaluate(scorer, val, cfg, rt, enc.eot_token, gold, classes))
+        if rt.master and (done % cfg.eval_interval == 0 or done == cfg.max_steps):
+            metrics.update(evaluate(rm, val, cfg, rt, enc.eot_token, gold, classes))
         log.log(done, **metrics)
         bar.set_postfix(loss=f"{metrics['loss']:.3f}", **({"val_acc": f"{metrics['val_accuracy']:.3f}"}
                                                           if "val_accuracy" in metrics else {}))
         if done % cfg.ckpt_interval == 0 and done < cfg.max_steps:
-            checkpoint(done, training_state(rm, optimizer, rt.scaler))
+            save_run(ckpt_path, "reward_model", rm, optimizer, rt, cfg, tokenizer_spec, done)
     bar.close()
 
-    scorer = whole(rm, replica)
-    raw, ended = normalise(scorer, policy, enc, prompt_ids, cfg, rt)  # every process samples a share of the prompts
-    rm.gain.copy_(scorer.gain)  # under FSDP the scorer is a copy, and the checkpoint is read from rm
-    rm.bias.copy_(scorer.bias)
-    final = training_state(rm, optimizer, rt.scaler)
-    rm = scorer  # from here the master goes on alone
+    raw, ended = normalise(rm, policy, enc, prompt_ids, cfg, rt)  # every process samples a share of the prompts
     leave_processes(rt)
     if not rt.master:
         return None
-    summary = {**evaluate(rm, val, cfg, rt, enc.eot_token, gold, classes), "norm_gain": rm.gain.item(),
-               "norm_bias": rm.bias.item(), "norm_ended": ended.float().mean().item()}
-    print(f"normalised: reward = {summary['norm_gain']:.3f} * head {summary['norm_bias']:+.3f}, so that the SFT "
-          f"policy's samples on {len(prompts)} training prompts score mean 0, std 1 over the {int(ended.sum())} that "
-          f"ended with end-of-text" + ("" if ended.sum() >= 2 else " (too few: over all of them)"))
-    print(f"held-out pairs: accuracy {summary['val_accuracy']:.1%}, loss {summary['val_loss']:.3f}, "
-          f"margin {summary['val_margin']:.3f}, rewards {summary['val_reward_mean']:+.3f} ± {summary['val_reward_std']:.3f}")
+    # the validation numbers are those of the last step, on the head's scale like every earlier one; accuracy and
+    # agreement are the same after normalising (gain > 0), the loss and the margin are not
+    summary = {k: v for k, v in metrics.items() if k.startswith("val_")}
+    summary.update({"norm_gain": rm.gain.item(), "norm_bias": rm.bias.item(), "norm_ended": ended.float().mean().item()})
     if gold is not None:
         summary["raters_ceiling"] = ceiling
-        print(f"agreement with the gold judge {summary['val_gold_agreement']:.1%}; the raters' own: {ceiling:.1%}")
-        counts = collections.Counter(k for k in classes if k.split(">")[0] != k.split(">")[1])
-        print("by the gold judge's classes of the better > the worse reply: " + ", ".join(
-            f"{k} {summary[f'val_gold_agreement/{k}']:.0%} of {n}" for k, n in counts.most_common()))
-    else:
-        print(f"no gold judge for these pairs (it knows the built-in task's prompts only): the accuracy against the "
-              f"held-out labels of {val_file} is the measure")
+    print_summary(summary, ended, classes, val_file)
     log.log(cfg.max_steps, **{f"final/{k}": v for k, v in summary.items()})
-    checkpoint(cfg.max_steps, final, summary=summary)
+    save_run(ckpt_path, "reward_model", rm, optimizer, rt, cfg, tokenizer_spec, cfg.max_steps, summary=summary)
     print(f"saved {ckpt_path}")
     return summary
 

@@ -13,7 +13,7 @@ of our checkpoints. From scratch, its tokenizer is a BPE trained on the training
 
 import contextlib
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -21,14 +21,13 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from common import (MetricsLog, all_sum, batch_at, check_finite, check_split, encode_prompts, fit_to_context,
-                    leave_processes, load_policy, lr_at, master_first, pad, parallelize, pretrained_dir, print_config,
-                    print_samples, read_jsonl, restore_training, run_config, save_checkpoint, setup_runtime,
-                    train_tokenizer, training_state, whole, write_jsonl)
+from common import (MetricsLog, all_sum, batch_at, begin, check_finite, check_split, distributed, fit_to_context,
+                    leave_processes, load_policy, lr_at, master_first, optimizer_step, pad, pretrained_dir, read_jsonl,
+                    restore_run, save_run)
 from data import world
-from evaluate import evaluate_policy, summary_lines
+from evaluate import HeldOut
 from model import GPT, GPTConfig
-from tokenizer import load_tokenizer, render
+from tokenizer import load_tokenizer, render, train_tokenizer
 
 
 @dataclass
@@ -59,7 +58,6 @@ class Config:
     device: str = "auto"  # auto, cpu, cuda, cuda:N
     dtype: str = "auto"  # auto (bf16 or fp16 on CUDA, fp32 on CPU), float32, bfloat16, float16
     compile: bool = False  # torch.compile the model for training
-    fsdp: bool = False  # under torchrun: shard the weights, gradients and optimizer state across the processes (FSDP2), not copy them (DDP)
     seed: int = 0  # seed of initialisation, data order and sampling
     resume: bool = False  # continue the run in out_dir from its checkpoint
 
@@ -107,76 +105,64 @@ def val_loss(model, examples, cfg, rt, pad_id):
     return total / n
 
 
-def main(argv=None):
-    cfg, ckpt_path, resumed = run_config(Config, argv)
-    rt = setup_runtime(cfg.device, cfg.dtype, cfg.seed)
-    check_split(cfg.batch_size, "--batch_size", rt)
-    say = print if rt.master else lambda *a, **k: None
-    say("sft config:")
-    if rt.master:
-        print_config(cfg)
-
-    builtin = not cfg.train_file
-    if builtin:
-        with master_first(rt):  # the master generates the task and trains its tokenizer, the others read them
-            data_dir, builtin_tokenizer = world.builtin_task()
-        files = (f"{data_dir}/sft_train.jsonl", f"{data_dir}/sft_val.jsonl",
-                 cfg.eval_prompts or f"{data_dir}/eval_prompts.jsonl")
-    elif not (cfg.val_file and cfg.eval_prompts):
-        raise SystemExit("with --train_file, also give --val_file and --eval_prompts")
-    else:
-        files = (cfg.train_file, cfg.val_file, cfg.eval_prompts)
-    train_file, val_file, prompts_file = files
-
-    # the initial model and its tokenizer
+def initial_model(cfg, rt, builtin_tokenizer, train_file, resumed):
+    """
+    The model SFT starts from and its tokenizer's spec: from scratch (with the built-in task's tokenizer, --tokenizer,
+    or a BPE trained on train_file, offline, saved beside the checkpoint), our .pt checkpoint, or GPT-2's weights.
+    """
     if cfg.init_from == "scratch":
-        if cfg.tokenizer or builtin:
-            tokenizer_spec = cfg.tokenizer or builtin_tokenizer
-        else:  # as for the built-in task, a BPE of the training data: offline, and saved beside the checkpoint
+        tokenizer_spec = cfg.tokenizer or builtin_tokenizer
+        if not tokenizer_spec:
             tokenizer_spec = str((Path(cfg.out_dir) / "tokenizer.tiktoken").resolve())
             if rt.master and not resumed:  # a resumed run reads the one it trained
                 Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
-                train_tokenizer(train_file, tokenizer_spec)
+                train_tokenizer([r["prompt"] + r["response"] for r in read_jsonl(train_file, ("prompt", "response"))],
+                                tokenizer_spec)
             if rt.world_size > 1:
                 dist.barrier()  # the other processes read the file the master writes
-        enc = load_tokenizer(tokenizer_spec)
-        model = GPT(GPTConfig(block_size=cfg.block_size, vocab_size=enc.n_vocab, n_layer=cfg.n_layer,
+        n_vocab = load_tokenizer(tokenizer_spec).n_vocab
+        model = GPT(GPTConfig(block_size=cfg.block_size, vocab_size=n_vocab, n_layer=cfg.n_layer,
                               n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=cfg.dropout))
     elif cfg.init_from.endswith(".pt"):
         model, tokenizer_spec, _ = load_policy(cfg.init_from, "--init_from")
-        enc = load_tokenizer(tokenizer_spec)
     else:
-        model = GPT.from_pretrained(pretrained_dir(cfg.init_from))
-        tokenizer_spec = cfg.tokenizer or "gpt2"
-        enc = load_tokenizer(tokenizer_spec)
-    if enc.n_vocab > model.config.vocab_size:
-        raise SystemExit(f"tokenizer {tokenizer_spec} has {enc.n_vocab} tokens, the model only {model.config.vocab_size}")
+        model, tokenizer_spec = GPT.from_pretrained(pretrained_dir(cfg.init_from)), cfg.tokenizer or "gpt2"
+    n_vocab = load_tokenizer(tokenizer_spec).n_vocab
+    if n_vocab > model.config.vocab_size:
+        raise SystemExit(f"tokenizer {tokenizer_spec} has {n_vocab} tokens, the model only {model.config.vocab_size}")
     if cfg.block_size < model.config.block_size:  # the checkpoint tells every later stage the context it trained at
-        say(f"context cut from the initial model's {model.config.block_size} tokens to --block_size {cfg.block_size}")
+        rt.say(f"context cut from the initial model's {model.config.block_size} tokens to --block_size {cfg.block_size}")
         model.crop_block_size(cfg.block_size)
+    return model, tokenizer_spec
+
+
+def main(argv=None):
+    cfg, rt, ckpt_path, resumed = begin("sft", Config, argv)
+    check_split(cfg.batch_size, "--batch_size", rt)
+    builtin_tokenizer = None  # the built-in task's, with its data
+    if not cfg.train_file:
+        with master_first(rt):  # the master generates the task and trains its tokenizer, the others read them
+            data_dir, builtin_tokenizer = world.builtin_task()
+        train_file, val_file = f"{data_dir}/sft_train.jsonl", f"{data_dir}/sft_val.jsonl"
+        prompts_file = cfg.eval_prompts or f"{data_dir}/eval_prompts.jsonl"
+    elif not (cfg.val_file and cfg.eval_prompts):
+        raise SystemExit("with --train_file, also give --val_file and --eval_prompts")
+    else:
+        train_file, val_file, prompts_file = cfg.train_file, cfg.val_file, cfg.eval_prompts
+
+    model, tokenizer_spec = initial_model(cfg, rt, builtin_tokenizer, train_file, resumed)
+    enc = load_tokenizer(tokenizer_spec)
     model.to(rt.device)
-    say(f"model: {model.num_params() / 1e6:.2f}M parameters, tokenizer {tokenizer_spec} ({enc.n_vocab} tokens)")
+    rt.say(f"model: {model.num_params() / 1e6:.2f}M parameters, tokenizer {tokenizer_spec} ({enc.n_vocab} tokens)")
 
     max_len = model.config.block_size
-    train = load_examples(train_file, enc, max_len, say)
-    val = load_examples(val_file, enc, max_len, say)
-    prompts = [r["prompt"] for r in read_jsonl(prompts_file, ("prompt",))][:cfg.n_eval]
-    prompt_ids, cut = encode_prompts(enc, prompts, max_len, cfg.max_new_tokens)
-    say(f"{prompts_file}: {len(prompts)} prompts to sample at the end, {cut} cut to their last "
-        f"{max_len - cfg.max_new_tokens} tokens")
-    train_model, replica = parallelize(model, rt, cfg.fsdp, cfg.compile)
+    train = load_examples(train_file, enc, max_len, rt.say)
+    val = load_examples(val_file, enc, max_len, rt.say)
+    heldout = HeldOut(prompts_file, enc, max_len, cfg.max_new_tokens, cfg.temperature, cfg.n_eval, rt, judge=world)
+    train_model = distributed(model, rt, cfg.compile)
     optimizer = model.configure_optimizers(cfg.weight_decay, cfg.lr, (0.9, 0.95), rt.device.type)
-    step = 0
-    if resumed:
-        step = restore_training(resumed, model, optimizer, rt.scaler)
-        say(f"resumed from {ckpt_path} at step {step}")
-    log = MetricsLog(cfg.out_dir, resume_step=step if resumed else None, enabled=rt.master)
-
-    def checkpoint(step, state, **extra):  # state: training_state, which every process gathers, the master writes
-        if rt.master:
-            save_checkpoint(ckpt_path, {"kind": "policy", "model_config": asdict(model.config),
-                                        "tokenizer": tokenizer_spec, "config": asdict(cfg), "step": step, **state,
-                                        **extra})
+    step = restore_run(resumed, model, optimizer, rt) if resumed else 0
+    log = MetricsLog(cfg.out_dir, rt, resume_step=step if resumed else None)
 
     model.train()
     bar = tqdm(range(step, cfg.max_steps), initial=step, total=cfg.max_steps, desc="sft", dynamic_ncols=True,
@@ -197,25 +183,21 @@ def main(argv=None):
             mine = batch[rt.rank::rt.world_size]  # under torchrun each process takes a slice of the same batch
             share = sum(sum(m[1:]) for _, m in mine) / n_trained
             ids, loss_mask = collate(mine, enc.eot_token, rt.device)
-            # DDP averages the gradients once, after the last micro-batch; FSDP reduces each micro-batch's into shards
-            sync = micro == cfg.grad_accum - 1 or rt.world_size == 1 or cfg.fsdp
+            # DDP averages the gradients once, after the last micro-batch
+            sync = micro == cfg.grad_accum - 1 or rt.world_size == 1
             with contextlib.nullcontext() if sync else train_model.no_sync():
                 with rt.autocast():
                     loss = sft_loss(train_model, ids, loss_mask) * share
-                rt.scaler.scale(loss * rt.world_size).backward()  # x world_size: DDP (or FSDP) averages over processes
+                rt.scaler.scale(loss * rt.world_size).backward()  # x world_size: DDP averages over processes
             loss_sum += loss.item()
             tokens_seen += ids.numel()
         # every process must see the same loss, so that all of them stop together
         loss_sum = all_sum(torch.tensor(loss_sum, device=rt.device)).item()
         check_finite(loss_sum, step, ckpt_path)
-        rt.scaler.unscale_(optimizer)
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        rt.scaler.step(optimizer)
-        rt.scaler.update()
-        optimizer.zero_grad(set_to_none=True)
+        grad_norm = optimizer_step(optimizer, model.parameters(), cfg.grad_clip, rt)
 
         done = step + 1
-        metrics = {"loss": loss_sum, "lr": lr, "grad_norm": grad_norm.item(),
+        metrics = {"loss": loss_sum, "lr": lr, "grad_norm": grad_norm,
                    "tokens_per_s": tokens_seen * rt.world_size / (time.time() - t0)}
         if done % cfg.eval_interval == 0 or done == cfg.max_steps:
             metrics["val_loss"] = val_loss(model, val, cfg, rt, enc.eot_token)
@@ -224,22 +206,18 @@ def main(argv=None):
         log.log(done, **metrics)
         bar.set_postfix(loss=f"{loss_sum:.3f}", **({"val": f"{metrics['val_loss']:.3f}"} if "val_loss" in metrics else {}))
         if done % cfg.ckpt_interval == 0 and done < cfg.max_steps:
-            checkpoint(done, training_state(model, optimizer, rt.scaler))
+            save_run(ckpt_path, "policy", model, optimizer, rt, cfg, tokenizer_spec, done)
     bar.close()
-    final = training_state(model, optimizer, rt.scaler)
-    model = whole(model, replica)  # from here the master goes on alone: under FSDP, with a whole copy of the model
     leave_processes(rt)
     if not rt.master:
         return None
 
     # what the SFT policy does on prompts it never saw
-    report, rows = evaluate_policy(model, enc, prompts, prompt_ids, rt, cfg.max_new_tokens, cfg.temperature, cfg.seed)
+    report, rows = heldout.evaluate(model, cfg.seed)
     summary = {"val_loss": val_loss(model, val, cfg, rt, enc.eot_token), **report}
-    print_samples(rows, 5)
-    print(summary_lines("sft", summary, len(prompts), prompts_file))
-    write_jsonl(Path(cfg.out_dir) / "samples.jsonl", rows)
+    heldout.show("sft", summary, rows, cfg.out_dir)
     log.log(cfg.max_steps, **{f"final/{k}": v for k, v in summary.items()})
-    checkpoint(cfg.max_steps, final, summary=summary)
+    save_run(ckpt_path, "policy", model, optimizer, rt, cfg, tokenizer_spec, cfg.max_steps, summary=summary)
     print(f"saved {ckpt_path}")
     return summary
 

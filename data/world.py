@@ -20,8 +20,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
-from common import train_tokenizer, win_rate
-from tokenizer import EOT, PROMPT  # HH-RLHF's format; responses start with a space
+from tokenizer import EOT, PROMPT, train_tokenizer  # HH-RLHF's format; responses start with a space
 
 # -----------------------------------------------------------------------------
 # the world: a small table of made-up countries, and word lists for instructions.
@@ -470,34 +469,30 @@ def judges(prompts: list) -> bool:
     return all(parse(p).kind != "unknown" for p in prompts)
 
 
-def gold_report(rows: list, baseline: list = None) -> dict:
+def gold_report(rows: list) -> dict:
     """
-    Judge the response of each row {prompt, response} (raw decoded text, see judge), adding its "gold" score and
-    "label" to the row. Returns the report: over all rows and per kind ("arith/gold", ...), the mean gold score, the
-    shares of replies the judge classes right / wrong / unsure / evasive, per kind the share of distinct replies
-    (1/n for a policy that says one thing to every prompt), and with baseline (another policy's gold scores on the
-    same prompts) the win-rate against it, a tie counting half, with the half-width of its 95% interval.
+    Judge the response of each row {prompt, response} (raw decoded text, see judge), adding its "gold" score,
+    "label" and "kind" to the row. Returns the report: over all rows and per kind ("arith/gold", ...), the mean gold
+    score, the shares of replies the judge classes right / wrong / unsure / evasive, and per kind the share of
+    distinct replies (1/n for a policy that says one thing to every prompt).
     """
-    groups = {"": list(range(len(rows)))}
-    for i, row in enumerate(rows):
+    groups = {"": rows}
+    for row in rows:
         row["gold"], row["label"] = judge(row["prompt"], row["response"])
-        groups.setdefault(parse(row["prompt"]).kind + "/", []).append(i)
+        row["kind"] = parse(row["prompt"]).kind
+        groups.setdefault(row["kind"] + "/", []).append(row)
     report = {}
-    for prefix, members in groups.items():
-        group = [rows[i] for i in members]
+    for prefix, group in groups.items():
         report[prefix + "gold"] = sum(r["gold"] for r in group) / len(group)
         for label in LABELS:
             report[prefix + label] = sum(r["label"] == label for r in group) / len(group)
         if prefix:
             report[prefix + "distinct"] = len({r["response"] for r in group}) / len(group)
-        if baseline is not None:
-            report[prefix + "win_rate"], report[prefix + "win_rate_ci"] = \
-                win_rate([r["gold"] for r in group], [baseline[i] for i in members])
     return report
 
 
 def report_table(report: dict) -> str:
-    """A gold_report (with the overall distinct share of common.response_stats) as a table, one row per kind."""
+    """A gold_report (with the overall distinct share and the win-rates of evaluate.py) as a table, one row per kind."""
     columns = [c for c in ["gold", "win_rate", *LABELS, "distinct"] if c in report]
     rows = [f"{'':>10}" + "".join(f"{c:>10}" for c in columns)]
     for kind in [k for k in KINDS if f"{k}/gold" in report] + [""]:
@@ -625,7 +620,8 @@ def builtin_task(data_dir: str = "out/data", tokenizer_path: str = "out/tokenize
     """Generate the built-in task and train its tokenizer, if not done yet. Returns (data_dir, tokenizer spec)."""
     ensure_data(data_dir)
     if not Path(tokenizer_path).exists():
-        train_tokenizer(Path(data_dir) / "sft_train.jsonl", tokenizer_path)
+        with open(Path(data_dir) / "sft_train.jsonl") as f:
+            train_tokenizer([r["prompt"] + r["response"] for r in map(json.loads, f)], tokenizer_path)
     return data_dir, str(Path(tokenizer_path).resolve())  # absolute: checkpoints name it, and may be used elsewhere
 
 

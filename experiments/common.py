@@ -19,12 +19,11 @@ import label
 import ppo
 import reward
 import sft
-from common import (decode_responses, encode_prompts, frozen, load_policy, parse_config, print_config, read_jsonl,
-                    sample, setup_runtime, write_jsonl)
+from common import (decode_responses, encode_prompts, frozen, load_policy, load_reward_model, parse_config,
+                    print_config, read_jsonl, sample, setup_runtime, write_jsonl)
 from data import world
 from evaluate import reward_scores
 from plot import MISSING, pyplot
-from reward import load_reward_model
 from tokenizer import load_tokenizer
 
 STAGES = {"sft": sft, "label": label, "reward": reward, "ppo": ppo, "dpo": dpo}
@@ -95,10 +94,7 @@ def sample_pool(sft_ckpt, reward_ckpts, prompts, n, max_new_tokens, temperature,
     enc = load_tokenizer(spec)
     models = {}
     for path in reward_ckpts:
-        rm, rm_spec = load_reward_model(path)
-        if rm_spec != spec:
-            raise SystemExit(f"the reward model {path} reads tokenizer {rm_spec}, the policy {sft_ckpt} writes {spec}")
-        models[path] = frozen(rm).to(rt.device)
+        models[path] = frozen(load_reward_model(path, tokenizer=spec)[0]).to(rt.device)
     ids, _ = encode_prompts(enc, prompts, policy.config.block_size, max_new_tokens)
     per_batch = max(1, 256 // n)  # prompts per batch: 256 responses at once, as label.py samples
     scores, gold, lengths = {path: [] for path in models}, [], []

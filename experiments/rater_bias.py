@@ -23,10 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import label
-from common import encode_prompts, frozen, load_policy, setup_runtime
+from common import frozen, load_policy, setup_runtime
 from data import world
-from evaluate import evaluate_policy
-from experiments.common import experiment_main, held_out_prompts, needs, run_stage
+from evaluate import HeldOut
+from experiments.common import experiment_main, needs, run_stage
 from report import final_metrics
 from tokenizer import EOT, load_tokenizer
 
@@ -62,14 +62,14 @@ def label_shares(prefs_file):
             "longer_chosen": sum(len(p["chosen"].split()) > len(p["rejected"].split()) for p in pairs) / len(pairs)}
 
 
-def sft_answers(sft_ckpt, prompts, max_new_tokens, seed):
+def sft_answers(sft_ckpt, eval_prompts, n, max_new_tokens, seed):
     """The SFT policy's answers to the held-out prompts, drawn as ppo.py draws its baseline (so the very same ones)."""
     rt = setup_runtime(seed=seed)
     policy, spec, _ = load_policy(sft_ckpt, "--sft_ckpt")
     policy = frozen(policy).to(rt.device)
-    enc = load_tokenizer(spec)
-    ids, _ = encode_prompts(enc, prompts, policy.config.block_size, max_new_tokens)
-    return evaluate_policy(policy, enc, prompts, ids, rt, max_new_tokens, 1.0, seed)[1]
+    heldout = HeldOut(eval_prompts, load_tokenizer(spec), policy.config.block_size, max_new_tokens, 1.0, n, rt,
+                      judge=world)
+    return heldout.evaluate(policy, seed)[1]
 
 
 def run(cfg, bar):
@@ -97,8 +97,7 @@ def run(cfg, bar):
         "--sft_ckpt", sft_ckpt, "--train_file", biased / "prefs_train.jsonl", "--val_file", biased / "prefs_val.jsonl",
         "--prompts_file", f"{data_dir}/prompts_train.jsonl", "--seed", cfg.seed], cfg.tiny)
 
-    prompts = held_out_prompts(eval_prompts, cfg.n_eval)
-    sft_rows = sft_answers(sft_ckpt, prompts, cfg.max_new_tokens, cfg.seed)
+    sft_rows = sft_answers(sft_ckpt, eval_prompts, cfg.n_eval, cfg.max_new_tokens, cfg.seed)
     rows = []
     for labels, bias, labels_dir, reward_dir in (("unbiased", 0.0, base_label, f"{cfg.base}/reward"),
                                                  ("biased", cfg.rater_bias, biased, f"{cfg.out_dir}/reward_biased")):

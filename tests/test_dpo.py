@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import common
 import dpo
 from common import batch_at, load_policy, save_checkpoint, setup_runtime
 from dpo import all_pair_logps, dpo_loss, pair_logps, sequence_logps
@@ -243,16 +244,16 @@ def test_resume_after_interruption_gives_the_same_weights(workdir, monkeypatch):
     dpo.main(TINY + ["--out_dir", "out/straight"])
     straight = torch.load(workdir / "out" / "straight" / "ckpt.pt", weights_only=True)
 
-    real_save = dpo.save_checkpoint
+    real_save = common.save_checkpoint
 
     def save_then_crash(path, obj):  # the process dies right after its first checkpoint (step 2 of 4)
         real_save(path, obj)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(dpo, "save_checkpoint", save_then_crash)
+    monkeypatch.setattr(common, "save_checkpoint", save_then_crash)
     with pytest.raises(KeyboardInterrupt):
         dpo.main(TINY + ["--out_dir", "out/interrupted"])
-    monkeypatch.setattr(dpo, "save_checkpoint", real_save)
+    monkeypatch.setattr(common, "save_checkpoint", real_save)
     dpo.main(["--out_dir", "out/interrupted", "--resume"])
     resumed = torch.load(workdir / "out" / "interrupted" / "ckpt.pt", weights_only=True)
 
@@ -276,32 +277,32 @@ def test_samples_are_scored_by_the_reward_model_where_there_is_one(workdir):
     assert len(rows) == 4 and all({"score", "gold", "label"} <= r.keys() for r in rows)
 
 
-def test_fsdp_on_two_torchrun_processes_equals_one_and_one_process_resumes_it(workdir, tmp_path):
+def test_two_torchrun_processes_equal_one_and_one_process_resumes_them(workdir, tmp_path):
     """
-    FSDP on CPU (gloo): each process takes half of every batch and computes half of the reference's log-probs; the
-    losses and weights match one process. Its checkpoint is a whole one, which a single process resumes.
+    DDP on CPU (gloo): each process takes half of every batch and computes half of the reference's log-probs; the
+    losses and weights match one process. Its checkpoint is an ordinary one, which a single process resumes.
     """
     args = TINY + own_jsonl(tmp_path) + ["--sft_ckpt", str(workdir / "out" / "sft" / "ckpt.pt")]
     dpo.main(args + ["--out_dir", str(tmp_path / "one")])
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                          str(ROOT / "dpo.py"), *args, "--out_dir", str(tmp_path / "fsdp"), "--fsdp"],
+                          str(ROOT / "dpo.py"), *args, "--out_dir", str(tmp_path / "two")],
                          capture_output=True, text=True, timeout=300)
     assert two.returncode == 0, two.stderr[-3000:]
     assert two.stdout.count("saved") == 1  # the master alone reports and writes
-    one, fsdp = read_metrics(tmp_path / "one"), read_metrics(tmp_path / "fsdp")
+    one, two = read_metrics(tmp_path / "one"), read_metrics(tmp_path / "two")
     for key in ("loss", "rewards/margins", "rewards/accuracies", "logps/chosen", "grad_norm"):
-        assert [m[key] for m in fsdp[:4]] == pytest.approx([m[key] for m in one[:4]], abs=1e-4), key
+        assert [m[key] for m in two[:4]] == pytest.approx([m[key] for m in one[:4]], abs=1e-4), key
     assert one[0]["loss"] == pytest.approx(math.log(2), abs=1e-6)  # the gathered reference lines up with its pairs
-    assert fsdp[1]["eval/rewards/accuracies"] == one[1]["eval/rewards/accuracies"]  # the master evaluated
+    assert two[1]["eval/rewards/accuracies"] == one[1]["eval/rewards/accuracies"]  # the master evaluated
 
     def weights(run):
         return torch.load(tmp_path / run / "ckpt.pt", weights_only=True)["model"]
 
     for k, v in weights("one").items():
-        torch.testing.assert_close(weights("fsdp")[k], v, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(weights("two")[k], v, atol=1e-5, rtol=1e-4)
     # two more steps from each checkpoint, in one process: the optimizer's state went across too
-    for run in ("one", "fsdp"):
+    for run in ("one", "two"):
         dpo.main(["--out_dir", str(tmp_path / run), "--resume", "--max_steps", "6"])
     for k, v in weights("one").items():
-        torch.testing.assert_close(weights("fsdp")[k], v, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(weights("two")[k], v, atol=1e-5, rtol=1e-4)
 

@@ -28,8 +28,8 @@ import ppo
 import report
 import reward
 import sft
-from common import fit_pair_to_context, read_jsonl, train_tokenizer
-from tokenizer import load_tokenizer, render
+from common import fit_pair_to_context, read_jsonl
+from tokenizer import load_tokenizer, render, train_tokenizer
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared" / "eval-data" / "hh-rlhf"
@@ -86,7 +86,8 @@ def hh(tmp_path_factory):
         shutil.copy(SHARED / "harmless-base" / "test.jsonl.gz", d / "raw" / "harmless-base" / f"{split}.jsonl.gz")
     subprocess.run([sys.executable, "-m", "data.hh_rlhf", "--src_dir", str(d / "raw"), "--subsets", "harmless-base",
                     "--out_dir", str(d / "data")], cwd=ROOT, check=True, capture_output=True)
-    train_tokenizer(d / "data" / "sft_train.jsonl", d / "tok.tiktoken", vocab_size=384)
+    train_tokenizer([r["prompt"] + r["response"] for r in read_jsonl(d / "data" / "sft_train.jsonl", ("prompt", "response"))],
+                    d / "tok.tiktoken", vocab_size=384)
     enc = load_tokenizer(str(d / "tok.tiktoken"))
     write_tiny_gpt2(d / "gpt2", enc.n_vocab, enc.eot_token)
     return d
@@ -118,7 +119,7 @@ def test_the_whole_chain_on_hh_rlhf_from_gpt2_weights(hh, monkeypatch, capsys):
     eval_prompts = [r["prompt"] for r in read_jsonl(data / "eval_prompts.jsonl", ("prompt",))]
     assert "context cut from the initial model's 256 tokens to --block_size 128" in said
     assert f"sft_train.jsonl: {len(demos)} examples, {long} truncated to {CONTEXT} tokens" in said
-    assert f"eval_prompts.jsonl: 8 prompts to sample at the end, {prompts_cut(enc, eval_prompts[:8])} cut to their " \
+    assert f"eval_prompts.jsonl: 8 prompts, {prompts_cut(enc, eval_prompts[:8])} cut to their " \
            f"last {CONTEXT - NEW} tokens" in said
     assert "(no gold judge" in said and "gold" not in summary and {"val_loss", "length", "eot_rate"} <= summary.keys()
     ckpt = torch.load(out / "sft" / "ckpt.pt", weights_only=True)
@@ -148,7 +149,7 @@ def test_the_whole_chain_on_hh_rlhf_from_gpt2_weights(hh, monkeypatch, capsys):
     long = sum(fit_pair_to_context(*(render(enc, p["prompt"], p[side]) for side in ("chosen", "rejected")),
                                    CONTEXT)[2] for p in prefs)
     assert f"prefs_val.jsonl: {len(prefs)} pairs, {long} truncated to {CONTEXT} tokens" in said
-    assert f"prompts_train.jsonl: 8 prompts for the normalisation, {prompts_cut(enc, train_prompts[:8])} cut" in said
+    assert f"prompts_train.jsonl: 8 prompts, {prompts_cut(enc, train_prompts[:8])} cut" in said
     assert "no gold judge for these pairs" in said and "val_gold_agreement" not in summary
     assert 0 <= summary["val_accuracy"] <= 1
 
@@ -157,9 +158,9 @@ def test_the_whole_chain_on_hh_rlhf_from_gpt2_weights(hh, monkeypatch, capsys):
                           "--prompts_file", data / "prompts_train.jsonl", "--eval_prompts", data / "eval_prompts.jsonl",
                           "--out_dir", out / "ppo", "--iterations", 2, "--rollout_batch", 4, "--minibatch", 2,
                           "--n_eval", 8, "--max_new_tokens", NEW)
-    assert f"{len(train_prompts)} training prompts from {data / 'prompts_train.jsonl'}, 8 held-out from " \
-           f"{data / 'eval_prompts.jsonl'}; {prompts_cut(enc, train_prompts)} and " \
-           f"{prompts_cut(enc, eval_prompts[:8])} of them cut to their last {CONTEXT - NEW} tokens" in said
+    for path, n, cut in ((data / "prompts_train.jsonl", len(train_prompts), prompts_cut(enc, train_prompts)),
+                         (data / "eval_prompts.jsonl", 8, prompts_cut(enc, eval_prompts[:8]))):
+        assert f"{path}: {n} prompts, {cut} cut to their last {CONTEXT - NEW} tokens" in said
     assert {"score", "rm_win_rate", "kl", "length", "eot_rate", "sft_score"} <= summary.keys()
     assert not any("gold" in k for k in summary) and "win-rate against sft by the reward model" in said
     rows = [json.loads(line) for line in (out / "ppo" / "samples.jsonl").read_text().splitlines()]
@@ -191,7 +192,7 @@ def test_gpt2_weights_with_the_gpt2_tokenizer_offline_say_how_to_provide_it(hh, 
     monkeypatch.setattr(tiktoken.load, "read_file", offline)  # what tiktoken fetches a file with
     monkeypatch.delitem(tiktoken.registry.ENCODINGS, "gpt2", raising=False)  # loaded earlier in this process
     data = hh / "data"
-    with pytest.raises(RuntimeError, match="TIKTOKEN_CACHE_DIR set to a folder, copy that folder here"):
+    with pytest.raises(SystemExit, match="TIKTOKEN_CACHE_DIR set to a folder, copy that folder here"):
         sft.main(["--init_from", str(hh / "gpt2"), "--train_file", str(data / "sft_train.jsonl"), "--val_file",
                   str(data / "sft_val.jsonl"), "--eval_prompts", str(data / "eval_prompts.jsonl"), "--out_dir",
                   str(tmp_path / "sft"), "--device", "cpu"])

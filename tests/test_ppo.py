@@ -13,8 +13,7 @@ import common
 import ppo
 from common import parse_config, save_checkpoint, setup_runtime
 from data import world
-from model import GPT, GPTConfig, response_mask
-from reward import RewardModel
+from model import GPT, GPTConfig, RewardModel, response_mask
 from tokenizer import load_tokenizer, save_bpe, train_bpe
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -176,7 +175,7 @@ def tiny_setup(seed=0):
     ref = common.frozen(GPT(GPTConfig(block_size=32, vocab_size=6, n_layer=1, n_head=2, n_embd=16)))
     ref.load_state_dict(gpt.state_dict())
     cfg = ppo.Config(rollout_batch=8, minibatch=4, ppo_epochs=2, max_new_tokens=10, lr=1e-2, kl_coef=0.1,
-                     missing_eot_penalty=-7.0)
+                     missing_eot_penalty=7.0)
     prompts = [[1, 2, 3], [4], [2, 2], [3, 1, 4, 1], [1], [0, 1], [4, 3, 2], [2]]
     return agent, ref, cfg, prompts
 
@@ -190,8 +189,8 @@ def test_a_reply_that_never_ended_scores_below_the_same_reply_ended():
     prompt, prompt_mask = torch.tensor([[1, 2]]), torch.ones(1, 2, dtype=torch.long)
     reply = torch.tensor([[3, 3, 3, EOT], [3, 3, 3, 3]])  # ended; cut at the length limit
     mask = torch.ones(2, 4, dtype=torch.long)
-    scores = ppo.score_responses(bad, prompt.expand(2, -1), prompt_mask.expand(2, -1), reply, mask, EOT, -1.0)
-    torch.testing.assert_close(scores, torch.tensor([-4.0, -5.0]))  # the penalty adds to the score, not replaces it
+    scores = ppo.score_responses(bad, prompt.expand(2, -1), prompt_mask.expand(2, -1), reply, mask, EOT, 1.0)
+    torch.testing.assert_close(scores, torch.tensor([-4.0, -5.0]))  # the penalty comes off the score, not replaces it
 
 
 def test_noncanonical_share(tmp_path):
@@ -224,7 +223,7 @@ def test_rollout_masks_everything_after_end_of_text():
 
     # recompute the rewards as the rollout did, and check where things land
     logits, _ = agent(batch["prompt"], batch["prompt_mask"], batch["tokens"], mask)
-    ref_logprobs = common.response_logprobs(ref, batch["prompt"], batch["prompt_mask"], batch["tokens"], mask)
+    ref_logprobs = ppo.response_logprobs(ref, batch["prompt"], batch["prompt_mask"], batch["tokens"], mask)
     kl, kl_k3 = (k * mask for k in ppo.kl_estimates(batch["logprobs"], ref_logprobs))
     assert (kl[pad] == 0).all() and (kl[mask.bool()] != 0).all()
     scores = ppo.score_responses(fake_reward_model, batch["prompt"], batch["prompt_mask"], batch["tokens"], mask, EOT,
@@ -322,10 +321,11 @@ def rollout_and_update(rank, world_size, port, out):
         os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     rt = setup_runtime("cpu", seed=0)
     agent, ref, cfg, prompts, sampler = scripted_setup()
-    batch, stats = ppo.rollout(agent, ref, fake_reward_model, prompts[rank::world_size], 0.1, cfg, rt, EOT, None,
-                               sampler)
-    train_agent, _ = common.parallelize(agent, rt)
-    steps = ppo.ppo_update(agent, torch.optim.Adam(agent.parameters(), lr=cfg.lr), batch, cfg, rt, train_agent)
+    agent.gpt.generate = sampler.generate
+    batch, stats = ppo.rollout(agent, ref, fake_reward_model, prompts[rank::world_size], 0.1, cfg, rt, EOT, None)
+    train_agent = common.distributed(agent, rt)
+    optimizer = torch.optim.Adam(agent.parameters(), lr=cfg.lr, eps=1e-5)  # as ppo.main: steady on tiny gradients
+    steps = ppo.ppo_update(agent, optimizer, batch, cfg, rt, train_agent)
     torch.save({"batch": batch, "stats": stats, "steps": steps, "weights": agent.state_dict()}, out / f"{rank}.pt")
     common.leave_processes(rt)
 
@@ -402,17 +402,17 @@ def test_resume_after_interruption_gives_the_same_weights(tiny_stages, monkeypat
     ppo.main(tiny_ppo_args(tiny_stages, "straight"))
     straight = common.load_checkpoint(tiny_stages / "straight" / "ckpt.pt")
 
-    real_save = ppo.save_checkpoint
+    real_save = common.save_checkpoint
 
     def save_then_crash(path, obj):  # the process dies right after its first checkpoint (iteration 2 of 4)
         real_save(path, obj)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(ppo, "save_checkpoint", save_then_crash)
+    monkeypatch.setattr(common, "save_checkpoint", save_then_crash)
     with pytest.raises(KeyboardInterrupt):
         ppo.main(tiny_ppo_args(tiny_stages, "interrupted"))
     assert common.load_checkpoint(tiny_stages / "interrupted" / "ckpt.pt")["step"] == 2
-    monkeypatch.setattr(ppo, "save_checkpoint", real_save)
+    monkeypatch.setattr(common, "save_checkpoint", real_save)
     ppo.main(["--out_dir", str(tiny_stages / "interrupted"), "--resume"])
     resumed = common.load_checkpoint(tiny_stages / "interrupted" / "ckpt.pt")
 
@@ -428,33 +428,33 @@ def test_resume_after_interruption_gives_the_same_weights(tiny_stages, monkeypat
 def test_rollout_and_minibatch_must_split_evenly_across_processes(tiny_stages, monkeypatch):
     four = lambda *a: common.Runtime(torch.device("cpu"), torch.float32, torch.amp.GradScaler("cpu", enabled=False),
                                      rank=3, world_size=4)
-    monkeypatch.setattr(ppo, "setup_runtime", four)
-    with pytest.raises(SystemExit, match="--rollout_batch 4 and --minibatch 2 must be multiples of the 4 processes"):
+    monkeypatch.setattr(common, "setup_runtime", four)
+    with pytest.raises(SystemExit, match="--rollout_batch 4 must be a multiple of --minibatch 2, and that of the 4 processes"):
         ppo.main(tiny_ppo_args(tiny_stages, "four"))
 
 
-def test_two_torchrun_processes_with_fsdp_and_their_resume(tiny_stages):
+def test_two_torchrun_processes_and_their_resume(tiny_stages):
     """
-    ppo.py under torchrun, the policy sharded by FSDP (gloo): each process samples half of the prompts. Where the
+    ppo.py under torchrun with DDP (gloo): each process samples half of the prompts. Where the
     math says so it agrees with one process, and a run resumed from its checkpoint of iteration 2 (which holds
     each process's sampling generator) ends where the uninterrupted run does.
     """
     script = tiny_stages / "snapshot.py"  # ppo.py, copying its out_dir aside at its checkpoint of iteration 2
     script.write_text(f"""import shutil, sys
 sys.path.insert(0, {str(ROOT)!r})
-import ppo
-real_save = ppo.save_checkpoint
+import common, ppo
+real_save = common.save_checkpoint
 def save(path, obj):
     real_save(path, obj)
     if obj["step"] == 2:
         shutil.copytree(path.parent, path.parent.with_name("resumed"))
-ppo.save_checkpoint = save
+common.save_checkpoint = save
 ppo.main(sys.argv[1:])
 """)
 
     def torchrun(script, *args):
         out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                              str(script), *args, "--fsdp"], capture_output=True, text=True, timeout=300)
+                              str(script), *args], capture_output=True, text=True, timeout=300)
         assert out.returncode == 0, out.stderr[-3000:]
         assert out.stdout.count("saved") == 1  # the master alone reports and writes
 

@@ -12,10 +12,10 @@ import torch
 
 import common
 import reward
-from common import load_policy, pad, sample, save_checkpoint, setup_runtime
+from common import load_policy, load_reward_model, pad, sample, save_checkpoint, setup_runtime
 from data import world
-from model import GPT, GPTConfig
-from reward import RewardModel, collate, load_reward_model, preference_loss
+from model import GPT, GPTConfig, RewardModel
+from reward import collate, preference_loss
 from tokenizer import EOT, load_tokenizer, save_bpe, train_bpe
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -143,16 +143,16 @@ def test_normalised_reward_scores_sft_samples_at_mean_zero_and_std_one(tiny_task
 def test_resume_after_interruption_gives_the_same_weights(tiny_task, monkeypatch):
     reward.main(tiny_args(tiny_task, "straight"))
     straight = common.load_checkpoint(tiny_task / "straight" / "ckpt.pt")
-    real_save = reward.save_checkpoint
+    real_save = common.save_checkpoint
 
     def save_then_crash(path, obj):  # the process dies right after its first checkpoint (step 4 of 8)
         real_save(path, obj)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(reward, "save_checkpoint", save_then_crash)
+    monkeypatch.setattr(common, "save_checkpoint", save_then_crash)
     with pytest.raises(KeyboardInterrupt):
         reward.main(tiny_args(tiny_task, "interrupted"))
-    monkeypatch.setattr(reward, "save_checkpoint", real_save)
+    monkeypatch.setattr(common, "save_checkpoint", real_save)
     reward.main(["--out_dir", str(tiny_task / "interrupted"), "--resume"])
     resumed = common.load_checkpoint(tiny_task / "interrupted" / "ckpt.pt")
     for k, v in straight["model"].items():

@@ -61,5 +61,5 @@ def test_gpt2_offline_says_how_to_seed_the_cache(monkeypatch):
         raise ConnectionError("no network")
 
     monkeypatch.setattr(tiktoken, "get_encoding", offline)
-    with pytest.raises(RuntimeError, match="TIKTOKEN_CACHE_DIR"):
+    with pytest.raises(SystemExit, match="TIKTOKEN_CACHE_DIR"):
         load_tokenizer("gpt2")
