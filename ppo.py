@@ -200,6 +200,17 @@ def explained_variance(values, returns, mask, across_processes=False):
     return 1 - var(returns - values) / var(returns)
 
 
+def kl_k2(logprobs, ref_logprobs):
+    """
+    A third per-token estimate (Schulman's k2), the one to put in a loss rather than a reward:
+        k2 = 0.5 * (log pi(x) - log pi_ref(x))^2
+    Its value is near the KL only while pi is near pi_ref, but its gradient (log pi - log pi_ref) grad log pi
+    averages over samples of pi to exactly grad KL(pi || pi_ref). In a loss, k1's gradient grad log pi averages to 0,
+    and k3's, (1 - pi_ref / pi) grad log pi, to grad KL(pi_ref || pi), the reverse KL (tests/test_ppo.py checks all
+    three by enumeration).
+    """
+    return 0.5 * (logprobs - ref_logprobs) ** 2
+
 # ----------------------------------------------------------------------------------------------------------
 # Rollouts and the update
 

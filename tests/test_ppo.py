@@ -522,3 +522,43 @@ def test_smoke_through_the_command_line(tmp_path):
     beta = ppo.Config.kl_coef
     assert lines[1]["objective/beta"] == beta
     assert lines[2]["objective/beta"] == pytest.approx(beta * (1 + error * 4 / 8), abs=1e-6)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Critic-free advantages, the KL estimators in a loss, and the token aggregations
+
+
+LOGP, REF = torch.tensor([-1.0, -2.0, -0.5]), torch.tensor([-1.5, -1.0, -0.5])  # log pi - log pi_ref = 0.5, -1, 0
+
+
+@pytest.mark.parametrize("name,values,grads", [
+    ("k1", [0.5, -1.0, 0.0], [1.0, 1.0, 1.0]),
+    ("k2", [0.125, 0.5, 0.0], [0.5, -1.0, 0.0]),  # 0.5 d^2, gradient d
+    ("k3", [0.10653066, 0.71828183, 0.0], [0.39346934, -1.71828183, 0.0]),  # e^-d - 1 + d, gradient 1 - e^-d
+])
+def test_kl_estimators_and_their_gradients_on_hand_computed_logprobs(name, values, grads):
+    logp = LOGP.clone().requires_grad_()
+    k1, k3 = ppo.kl_estimates(logp, REF)
+    estimate = {"k1": k1, "k2": ppo.kl_k2(logp, REF), "k3": k3}[name]
+    estimate.sum().backward()
+    torch.testing.assert_close(estimate.detach(), torch.tensor(values))
+    torch.testing.assert_close(logp.grad, torch.tensor(grads))
+
+
+def test_in_a_loss_k2_pulls_toward_the_reference_k3_by_the_reverse_kl_and_k1_not_at_all():
+    """
+    By enumeration: an estimate used as a loss, on samples of pi, has the expected gradient sum_x pi(x) grad k(x).
+    That is grad KL(pi || ref) for k2, grad KL(ref || pi) for k3 and 0 for k1.
+    """
+    torch.manual_seed(0)
+    for _ in range(20):
+        theta = torch.randn(8, requires_grad=True)
+        logp, ref = theta.log_softmax(0), torch.randn(8).log_softmax(0)
+        p = logp.exp()
+        expected = lambda k: torch.autograd.grad((p.detach() * k).sum(), theta, retain_graph=True)[0]
+        grad_kl, = torch.autograd.grad((p * (logp - ref)).sum(), theta, retain_graph=True)
+        grad_reverse_kl, = torch.autograd.grad((ref.exp() * (ref - logp)).sum(), theta, retain_graph=True)
+        k1, k3 = ppo.kl_estimates(logp, ref)
+        torch.testing.assert_close(expected(k1), torch.zeros(8), atol=1e-6, rtol=0)
+        torch.testing.assert_close(expected(ppo.kl_k2(logp, ref)), grad_kl)
+        torch.testing.assert_close(expected(k3), grad_reverse_kl)
