@@ -211,6 +211,36 @@ def kl_k2(logprobs, ref_logprobs):
     """
     return 0.5 * (logprobs - ref_logprobs) ** 2
 
+
+def clipped_surrogate(logprobs, old_logprobs, advantages, cliprange):
+    """
+    ppo_policy_loss per token, before any averaging: (max(-A * ratio, -A * clip(ratio, 1 - eps, 1 + eps)), 1.0
+    where the clip binds), for aggregate to average as an estimator needs.
+    """
+    ratio = torch.exp(logprobs - old_logprobs)
+    unclipped = -advantages * ratio
+    clipped = -advantages * torch.clamp(ratio, 1 - cliprange, 1 + cliprange)
+    return torch.max(unclipped, clipped), (clipped > unclipped).float()
+
+
+def aggregate(per_token, mask, how, max_len=None):
+    """
+    The loss of a batch of B sequences from its per-token losses l_it:
+        token_mean     sum_it l_it / sum_it m_it          PPO, REINFORCE++: a long sequence weighs more
+        sequence_mean  1/B sum_i sum_t l_it / sum_t m_it  GRPO: every sequence weighs the same, its tokens share it
+        constant       sum_it l_it / (B * max_len)        Dr. GRPO, RLOO: every token the same, and the divisor
+                                                          does not move with the lengths the policy chooses
+    max_len: the response length limit (max_new_tokens), for "constant".
+    """
+    if how == "token_mean":
+        return masked_mean(per_token, mask)
+    if how == "sequence_mean":
+        return ((per_token * mask).sum(1) / mask.sum(1)).mean()
+    if how == "constant":
+        return (per_token * mask).sum() / (mask.size(0) * max_len)
+    raise ValueError(f"aggregate how={how!r}: token_mean, sequence_mean or constant")
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Rollouts and the update
 

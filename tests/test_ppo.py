@@ -562,3 +562,28 @@ def test_in_a_loss_k2_pulls_toward_the_reference_k3_by_the_reverse_kl_and_k1_not
         torch.testing.assert_close(expected(k1), torch.zeros(8), atol=1e-6, rtol=0)
         torch.testing.assert_close(expected(ppo.kl_k2(logp, ref)), grad_kl)
         torch.testing.assert_close(expected(k3), grad_reverse_kl)
+
+
+def test_aggregations_on_hand_made_token_losses():
+    per_token = torch.tensor([[1.0, 2.0, 3.0, 99.0], [4.0, 99.0, 99.0, 99.0]], requires_grad=True)
+    mask = torch.tensor([[1, 1, 1, 0], [1, 0, 0, 0]])
+    # (how, loss, gradient of a token of the long sequence and of the short one)
+    for how, loss, grads in [("token_mean", 10 / 4, (1 / 4, 1 / 4)),  # every token the same, / the batch's tokens
+                             ("sequence_mean", (6 / 3 + 4 / 1) / 2, (1 / 6, 1 / 2)),  # a short one's tokens weigh more
+                             ("constant", 10 / (2 * 8), (1 / 16, 1 / 16))]:  # Dr. GRPO: / (rows * max_new_tokens)
+        value = ppo.aggregate(per_token, mask, how, max_len=8)
+        grad, = torch.autograd.grad(value, per_token)
+        assert value.item() == pytest.approx(loss), how
+        torch.testing.assert_close(grad, torch.tensor([[grads[0]] * 3 + [0.0], [grads[1], 0.0, 0.0, 0.0]]))
+    with pytest.raises(ValueError, match="token_mean, sequence_mean or constant"):
+        ppo.aggregate(per_token, mask, "sum")
+
+
+def test_the_token_mean_of_the_clipped_surrogate_is_ppo_policy_loss():
+    logprobs, old = torch.tensor([[0.4, -0.7, 0.1, 0.3], [0.0, 0.2, -0.1, 5.0]]), torch.zeros(2, 4)
+    adv = torch.tensor([[1.0, -1.0, -1.0, 1.0], [2.0, 1.0, -0.5, 9.0]])
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]])
+    per_token, clipped = ppo.clipped_surrogate(logprobs, old, adv, 0.2)
+    loss, clipfrac = ppo.ppo_policy_loss(logprobs, old, adv, mask, 0.2)
+    assert ppo.aggregate(per_token, mask, "token_mean") == loss
+    assert ppo.aggregate(clipped, mask, "token_mean") == clipfrac
