@@ -587,3 +587,74 @@ def test_the_token_mean_of_the_clipped_surrogate_is_ppo_policy_loss():
     loss, clipfrac = ppo.ppo_policy_loss(logprobs, old, adv, mask, 0.2)
     assert ppo.aggregate(per_token, mask, "token_mean") == loss
     assert ppo.aggregate(clipped, mask, "token_mean") == clipfrac
+
+
+MASK = torch.tensor([[1, 1, 1], [1, 1, 0], [1, 0, 0]])  # three responses of three lengths
+
+
+def test_rloo_baseline_is_the_mean_of_the_others():
+    scores = torch.tensor([1.0, 0.0, 0.0])
+    kl = torch.tensor([[0.25, 0.25, 0.0], [0.5, 0.5, 7.0], [0.0, 9.0, 9.0]])  # padding's KL is never paid
+    adv = ppo.rloo(scores, kl, MASK, beta=0.2, k=3)
+    rewards = torch.tensor([0.9, -0.2, 0.0])  # score - 0.2 * the KL summed over the real tokens
+    leave_one_out = torch.stack([rewards[i] - (rewards.sum() - rewards[i]) / 2 for i in range(3)])
+    torch.testing.assert_close(leave_one_out, torch.tensor([1.0, -0.65, -0.35]))
+    torch.testing.assert_close(leave_one_out, 3 / 2 * (rewards - rewards.mean()))
+    torch.testing.assert_close(adv, leave_one_out[:, None] * MASK)  # on every real token, 0 on padding
+    # two groups of four: each judged within its own
+    adv = ppo.rloo(torch.tensor([1.0, 0.0, 0.0, 1.0, 2.0, -1.0, 0.5, 0.5]), torch.zeros(8, 1), torch.ones(8, 1), 0.2, 4)
+    torch.testing.assert_close(adv[:, 0], torch.tensor([2, -2, -2, 2, 6, -6, 0, 0]) / 3)
+
+
+def test_grpo_divides_by_the_group_std_and_dr_grpo_does_not():
+    scores = torch.tensor([1.0, 0.0, 0.0, 0.0, 3.0, 1.0, 1.0, 1.0])  # means 0.25 and 1.5, stds 0.5 and 1 (Bessel)
+    mask = torch.ones(8, 2)
+    grpo = ppo.grpo(scores, mask, k=4, eps=0.0)
+    torch.testing.assert_close(grpo[:, 0], torch.tensor([1.5, -0.5, -0.5, -0.5, 1.5, -0.5, -0.5, -0.5]))
+    torch.testing.assert_close(ppo.grpo(scores, mask, 4)[:4, 0], torch.tensor([1.5, -0.5, -0.5, -0.5]) * 0.5 / 0.5001)
+    dr = ppo.dr_grpo(scores, mask, k=4)
+    torch.testing.assert_close(dr[:, 0], torch.tensor([0.75, -0.25, -0.25, -0.25, 1.5, -0.5, -0.5, -0.5]))
+    assert (grpo[:, 0] == grpo[:, 1]).all() and (dr[:, 0] == dr[:, 1]).all()
+
+
+def test_a_group_of_equal_rewards_has_no_advantage_and_a_finite_loss():
+    scores = torch.tensor([0.3] * 6 + [1.0, 0.0, 0.0, 1.0, 1.0, 0.0])
+    groups = scores.view(2, 6)
+    assert (groups[0] - groups[0].mean() != 0).all()  # a plain mean leaves 3e-8, which a zero std would magnify
+    assert ppo.equal_reward_share(scores, 6) == 0.5
+    mask = torch.ones(12, 3)
+    logprobs = torch.full((12, 3), -1.0, requires_grad=True)
+    ref = torch.full((12, 3), -1.2)
+    for adv in (ppo.rloo(scores, torch.zeros(12, 3), mask, 0.1, 6), ppo.grpo(scores, mask, 6),
+                ppo.dr_grpo(scores, mask, 6)):
+        assert (adv[:6] == 0).all() and (adv[6:] != 0).all()
+        per_token, _ = ppo.clipped_surrogate(logprobs, logprobs.detach(), adv, 0.2)
+        k3 = ppo.kl_estimates(logprobs, ref)[1]
+        for how in ("token_mean", "sequence_mean", "constant"):
+            for loss in (ppo.aggregate(per_token, mask, how, 4), ppo.aggregate(per_token + 0.1 * k3, mask, how, 4)):
+                grad, = torch.autograd.grad(loss, logprobs, retain_graph=True)
+                assert loss.isfinite() and grad.isfinite().all()
+        # the equal group's tokens get no gradient from the surrogate
+        grad, = torch.autograd.grad(ppo.aggregate(per_token, mask, "sequence_mean"), logprobs)
+        assert (grad[:6] == 0).all() and (grad[6:] != 0).all()
+
+
+def test_groups_must_be_whole_and_of_two_or_more():
+    for n, k in ((6, 4), (4, 1)):
+        with pytest.raises(ValueError, match="group baseline"):
+            ppo.grpo(torch.zeros(n), torch.ones(n, 1), k)
+
+
+def test_reinforce_pp_whitens_the_reward_to_go_over_the_batch():
+    scores = torch.tensor([1.0, -1.0])
+    kl = torch.tensor([[0.5, 0.5, 0.5], [0.2, 0.2, 9.0]])
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
+    # rewards [-0.05, -0.05, 0.95] and [-0.02, -1.02, 0]: their sums from each token to the end
+    returns = torch.tensor([0.85, 0.9, 0.95, -1.04, -1.02])
+    zero = torch.zeros(2, 3)
+    gae, _ = ppo.compute_gae(ppo.token_rewards(scores, kl, mask, 0.1), zero, mask, gamma=1.0, lam=1.0)
+    torch.testing.assert_close(gae[mask.bool()], returns)  # GAE with V = 0 and lambda = 1
+    whitened = (returns - returns.mean()) / (returns.var(unbiased=False) + 1e-8).sqrt()
+    adv = ppo.reinforce_pp(scores, kl, mask, beta=0.1)
+    torch.testing.assert_close(adv[mask.bool()], whitened)
+    assert adv[1, 2] == 0 and whitened[0].item() == pytest.approx(0.722 / 0.895016 ** 0.5, abs=1e-5)
