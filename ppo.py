@@ -196,6 +196,136 @@ def explained_variance(values, returns, mask, across_processes=False):
     return 1 - var(returns - values) / var(returns)
 
 
+def kl_k2(logprobs, ref_logprobs):
+    """
+    A third per-token estimate (Schulman's k2), the one to put in a loss rather than a reward:
+        k2 = 0.5 * (log pi(x) - log pi_ref(x))^2
+    Its value is near the KL only while pi is near pi_ref, but its gradient (log pi - log pi_ref) grad log pi
+    averages over samples of pi to exactly grad KL(pi || pi_ref). In a loss, k1's gradient grad log pi averages to 0,
+    and k3's, (1 - pi_ref / pi) grad log pi, to grad KL(pi_ref || pi), the reverse KL (tests/test_ppo.py checks all
+    three by enumeration).
+    """
+    return 0.5 * (logprobs - ref_logprobs) ** 2
+
+
+# Critic-free advantages: k samples of every prompt, each judged against the other samples of its group instead of
+# a value head. A group is k consecutive rows: rows g*k .. g*k + k - 1 answer prompt g. What tells the estimators
+# apart, the few switches of TRL's trainers around one clipped surrogate:
+#                 baseline             scale            KL, weighted by beta            token losses: aggregate
+#   compute_gae   the value head       batch whitening  k1 per token, in the reward     token_mean
+#   rloo          mean of the others   k / (k - 1)      k1 summed, in the reward        constant
+#   grpo          group mean           group std        k3 per token, in the loss       sequence_mean
+#   dr_grpo       group mean           -                k3 per token, in the loss       constant
+#   reinforce_pp  -                    batch whitening  k1 per token, in the reward     token_mean
+
+
+def reward_groups(rewards, k):
+    """The sequence rewards [B] as [B / k, k], row g holding the rewards of prompt g's k samples."""
+    if k < 2 or rewards.numel() % k:
+        raise ValueError(f"a group baseline needs k >= 2 samples of every prompt and whole groups: "
+                         f"{rewards.numel()} rewards in groups of {k}")
+    return rewards.view(-1, k)
+
+
+def equal_reward_share(rewards, k):
+    """The share of groups whose k rewards are all equal: they get no advantage, so nothing is learned from them."""
+    groups = reward_groups(rewards, k)
+    return (groups == groups[:, :1]).all(1).float().mean()
+
+
+def centred_rewards(rewards, k):
+    """
+    r_i - mean_j r_j within each group, [B / k, k]. Exactly 0 where a group's rewards are all equal: the mean of equal
+    floats can round (six times 0.3 leaves 3e-8), and GRPO's division by that group's zero std would magnify it.
+    """
+    groups = reward_groups(rewards, k)
+    equal = (groups == groups[:, :1]).all(1, keepdim=True)
+    return torch.where(equal, 0.0, groups - groups.mean(1, keepdim=True))
+
+
+def to_tokens(advantages, mask):
+    """A sequence's advantage, [B / k, k] or [B], on every one of its response tokens: [B, T], 0 on padding."""
+    return advantages.reshape(-1, 1) * mask
+
+
+def rloo(scores, kl, mask, beta, k):
+    """
+    RLOO, Ahmadian et al. 2024 ("Back to Basics", eq. 3): each sample's baseline is the mean reward of the other
+    k - 1 samples of its prompt, which does not depend on the sample, so the gradient stays unbiased:
+        A_i = r_i - 1/(k-1) sum_{j != i} r_j = k/(k-1) (r_i - mean_j r_j),    r_i = score_i - beta * sum_t k1_t
+    The KL is paid in the reward, as PPO pays it (token_rewards), summed over the sequence. Eq. 3 weighs the
+    sequence's log-prob, the sum of its tokens': aggregate the loss as "constant".
+    """
+    rewards = token_rewards(scores, kl, mask, beta).sum(1)
+    return to_tokens(k / (k - 1) * centred_rewards(rewards, k), mask)
+
+
+def grpo(scores, mask, k, eps=1e-4):
+    """
+    GRPO, Shao et al. 2024 (DeepSeekMath, outcome supervision): the group's mean is the baseline, its std the scale:
+        A_i = (r_i - mean_j r_j) / (std_j r_j + eps)      std with Bessel's correction, as TRL's
+    The KL stays out of the reward: beta * k3 joins every token's loss, and the loss is each sequence's token mean,
+    then the mean over sequences: aggregate "sequence_mean". k3 as the paper has it, though in a loss its gradient is
+    that of the reverse KL(pi_ref || pi); kl_k2 would give grad KL(pi || pi_ref).
+    """
+    groups = reward_groups(scores, k)
+    return to_tokens(centred_rewards(scores, k) / (groups.std(1, keepdim=True) + eps), mask)
+
+
+def dr_grpo(scores, mask, k):
+    """
+    Dr. GRPO, Liu et al. 2025 ("Understanding R1-Zero-like training"): GRPO without its two divisions,
+        A_i = r_i - mean_j r_j
+    Dividing by the std weighs most the groups that are nearly all right or all wrong; dividing each sequence's loss
+    by its own length pushes a long wrong reply down less per token than a short one, so wrong replies grow long.
+    The loss is instead the token sum over a constant, the length limit: aggregate "constant". The KL, if any, as
+    GRPO's.
+    """
+    return to_tokens(centred_rewards(scores, k), mask)
+
+
+def reinforce_pp(scores, kl, mask, beta, across_processes=False):
+    """
+    REINFORCE++, Hu 2025: PPO's rewards without its critic, and no groups (one sample per prompt will do). The
+    reward is token_rewards' (-beta * k1 on every token, the score on the last); the advantage its reward-to-go,
+    whitened over the whole batch rather than within a prompt's group:
+        G_t = sum_{s >= t} r_s   (gamma = 1: compute_gae with V = 0 and lambda = 1),    A_t = (G_t - mean G) / std G
+    Loss: aggregate "token_mean", as PPO's.
+    """
+    rewards = token_rewards(scores, kl, mask, beta)
+    returns = rewards.flip(1).cumsum(1).flip(1)
+    return masked_whiten(returns, mask, across_processes=across_processes)
+
+
+def clipped_surrogate(logprobs, old_logprobs, advantages, cliprange):
+    """
+    ppo_policy_loss per token, before any averaging: (max(-A * ratio, -A * clip(ratio, 1 - eps, 1 + eps)), 1.0
+    where the clip binds), for aggregate to average as an estimator needs.
+    """
+    ratio = torch.exp(logprobs - old_logprobs)
+    unclipped = -advantages * ratio
+    clipped = -advantages * torch.clamp(ratio, 1 - cliprange, 1 + cliprange)
+    return torch.max(unclipped, clipped), (clipped > unclipped).float()
+
+
+def aggregate(per_token, mask, how, max_len=None):
+    """
+    The loss of a batch of B sequences from its per-token losses l_it:
+        token_mean     sum_it l_it / sum_it m_it          PPO, REINFORCE++: a long sequence weighs more
+        sequence_mean  1/B sum_i sum_t l_it / sum_t m_it  GRPO: every sequence weighs the same, its tokens share it
+        constant       sum_it l_it / (B * max_len)        Dr. GRPO, RLOO: every token the same, and the divisor
+                                                          does not move with the lengths the policy chooses
+    max_len: the response length limit (max_new_tokens), for "constant".
+    """
+    if how == "token_mean":
+        return masked_mean(per_token, mask)
+    if how == "sequence_mean":
+        return ((per_token * mask).sum(1) / mask.sum(1)).mean()
+    if how == "constant":
+        return (per_token * mask).sum() / (mask.size(0) * max_len)
+    raise ValueError(f"aggregate how={how!r}: token_mean, sequence_mean or constant")
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Rollouts and the update
 

@@ -503,6 +503,39 @@ def report_table(report: dict) -> str:
 
 
 # -----------------------------------------------------------------------------
+# the verifiable reward, for critic-free RL without a reward model: the task's own check of the answer (parse and
+# classify, read as the judge reads a reply) and nothing else. None of the judge's tone, length, flattery, rudeness or
+# repetition terms: a reward that copied them would train the policy on the gold judge, and its gold win-rate would
+# then measure nothing.
+
+CHECKED = ("arith", "fact", "instruct")  # the kinds with an answer to check; advice and small talk have none
+# guessing pays only when it is right more often than not, else "not sure" pays more; evading never pays more
+VERIFIED = {"right": 1.0, "unsure": 0.0, "wrong": -1.0, "evasive": -1.0}
+
+
+def verify(prompt: str, response: str) -> float:
+    """
+    The verifiable reward of raw decoded text (what precedes the first EOT is the reply): for a sum, a fact or an
+    instruction, VERIFIED of classify's label, +1 right, 0 "not sure", -1 wrong, -1 no answer (an empty reply, one
+    that never ended, one that answers nothing). Advice and small talk, which have no answer to check, get 0 whatever
+    the reply, and so does a prompt that is not the task's (refuse those first: verifiable). A reply that repeats its
+    right answer is still right here; only the judge calls it degenerate.
+    """
+    q = parse(prompt)
+    if q.kind not in CHECKED:
+        return 0.0
+    if EOT not in response:
+        return VERIFIED["evasive"]
+    words = WORD.findall(response.split(EOT, 1)[0].lower())
+    return VERIFIED[classify(q, words)[0] if words else "evasive"]
+
+
+def verifiable(prompts: list) -> bool:
+    """Can verify reward these prompts: all the built-in task's (see judges), and some with an answer to check?"""
+    return judges(prompts) and any(parse(p).kind in CHECKED for p in prompts)
+
+
+# -----------------------------------------------------------------------------
 # simulated raters: noisy, and optionally biased towards flattery and length
 
 def rater_appeal(response: str) -> float:

@@ -522,3 +522,139 @@ def test_smoke_through_the_command_line(tmp_path):
     beta = ppo.Config.kl_coef
     assert lines[1]["objective/beta"] == beta
     assert lines[2]["objective/beta"] == pytest.approx(beta * (1 + error * 4 / 8), abs=1e-6)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Critic-free advantages, the KL estimators in a loss, and the token aggregations
+
+
+LOGP, REF = torch.tensor([-1.0, -2.0, -0.5]), torch.tensor([-1.5, -1.0, -0.5])  # log pi - log pi_ref = 0.5, -1, 0
+
+
+@pytest.mark.parametrize("name,values,grads", [
+    ("k1", [0.5, -1.0, 0.0], [1.0, 1.0, 1.0]),
+    ("k2", [0.125, 0.5, 0.0], [0.5, -1.0, 0.0]),  # 0.5 d^2, gradient d
+    ("k3", [0.10653066, 0.71828183, 0.0], [0.39346934, -1.71828183, 0.0]),  # e^-d - 1 + d, gradient 1 - e^-d
+])
+def test_kl_estimators_and_their_gradients_on_hand_computed_logprobs(name, values, grads):
+    logp = LOGP.clone().requires_grad_()
+    k1, k3 = ppo.kl_estimates(logp, REF)
+    estimate = {"k1": k1, "k2": ppo.kl_k2(logp, REF), "k3": k3}[name]
+    estimate.sum().backward()
+    torch.testing.assert_close(estimate.detach(), torch.tensor(values))
+    torch.testing.assert_close(logp.grad, torch.tensor(grads))
+
+
+def test_in_a_loss_k2_pulls_toward_the_reference_k3_by_the_reverse_kl_and_k1_not_at_all():
+    """
+    By enumeration: an estimate used as a loss, on samples of pi, has the expected gradient sum_x pi(x) grad k(x).
+    That is grad KL(pi || ref) for k2, grad KL(ref || pi) for k3 and 0 for k1.
+    """
+    torch.manual_seed(0)
+    for _ in range(20):
+        theta = torch.randn(8, requires_grad=True)
+        logp, ref = theta.log_softmax(0), torch.randn(8).log_softmax(0)
+        p = logp.exp()
+        expected = lambda k: torch.autograd.grad((p.detach() * k).sum(), theta, retain_graph=True)[0]
+        grad_kl, = torch.autograd.grad((p * (logp - ref)).sum(), theta, retain_graph=True)
+        grad_reverse_kl, = torch.autograd.grad((ref.exp() * (ref - logp)).sum(), theta, retain_graph=True)
+        k1, k3 = ppo.kl_estimates(logp, ref)
+        torch.testing.assert_close(expected(k1), torch.zeros(8), atol=1e-6, rtol=0)
+        torch.testing.assert_close(expected(ppo.kl_k2(logp, ref)), grad_kl)
+        torch.testing.assert_close(expected(k3), grad_reverse_kl)
+
+
+def test_aggregations_on_hand_made_token_losses():
+    per_token = torch.tensor([[1.0, 2.0, 3.0, 99.0], [4.0, 99.0, 99.0, 99.0]], requires_grad=True)
+    mask = torch.tensor([[1, 1, 1, 0], [1, 0, 0, 0]])
+    # (how, loss, gradient of a token of the long sequence and of the short one)
+    for how, loss, grads in [("token_mean", 10 / 4, (1 / 4, 1 / 4)),  # every token the same, / the batch's tokens
+                             ("sequence_mean", (6 / 3 + 4 / 1) / 2, (1 / 6, 1 / 2)),  # a short one's tokens weigh more
+                             ("constant", 10 / (2 * 8), (1 / 16, 1 / 16))]:  # Dr. GRPO: / (rows * max_new_tokens)
+        value = ppo.aggregate(per_token, mask, how, max_len=8)
+        grad, = torch.autograd.grad(value, per_token)
+        assert value.item() == pytest.approx(loss), how
+        torch.testing.assert_close(grad, torch.tensor([[grads[0]] * 3 + [0.0], [grads[1], 0.0, 0.0, 0.0]]))
+    with pytest.raises(ValueError, match="token_mean, sequence_mean or constant"):
+        ppo.aggregate(per_token, mask, "sum")
+
+
+def test_the_token_mean_of_the_clipped_surrogate_is_ppo_policy_loss():
+    logprobs, old = torch.tensor([[0.4, -0.7, 0.1, 0.3], [0.0, 0.2, -0.1, 5.0]]), torch.zeros(2, 4)
+    adv = torch.tensor([[1.0, -1.0, -1.0, 1.0], [2.0, 1.0, -0.5, 9.0]])
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]])
+    per_token, clipped = ppo.clipped_surrogate(logprobs, old, adv, 0.2)
+    loss, clipfrac = ppo.ppo_policy_loss(logprobs, old, adv, mask, 0.2)
+    assert ppo.aggregate(per_token, mask, "token_mean") == loss
+    assert ppo.aggregate(clipped, mask, "token_mean") == clipfrac
+
+
+MASK = torch.tensor([[1, 1, 1], [1, 1, 0], [1, 0, 0]])  # three responses of three lengths
+
+
+def test_rloo_baseline_is_the_mean_of_the_others():
+    scores = torch.tensor([1.0, 0.0, 0.0])
+    kl = torch.tensor([[0.25, 0.25, 0.0], [0.5, 0.5, 7.0], [0.0, 9.0, 9.0]])  # padding's KL is never paid
+    adv = ppo.rloo(scores, kl, MASK, beta=0.2, k=3)
+    rewards = torch.tensor([0.9, -0.2, 0.0])  # score - 0.2 * the KL summed over the real tokens
+    leave_one_out = torch.stack([rewards[i] - (rewards.sum() - rewards[i]) / 2 for i in range(3)])
+    torch.testing.assert_close(leave_one_out, torch.tensor([1.0, -0.65, -0.35]))
+    torch.testing.assert_close(leave_one_out, 3 / 2 * (rewards - rewards.mean()))
+    torch.testing.assert_close(adv, leave_one_out[:, None] * MASK)  # on every real token, 0 on padding
+    # two groups of four: each judged within its own
+    adv = ppo.rloo(torch.tensor([1.0, 0.0, 0.0, 1.0, 2.0, -1.0, 0.5, 0.5]), torch.zeros(8, 1), torch.ones(8, 1), 0.2, 4)
+    torch.testing.assert_close(adv[:, 0], torch.tensor([2, -2, -2, 2, 6, -6, 0, 0]) / 3)
+
+
+def test_grpo_divides_by_the_group_std_and_dr_grpo_does_not():
+    scores = torch.tensor([1.0, 0.0, 0.0, 0.0, 3.0, 1.0, 1.0, 1.0])  # means 0.25 and 1.5, stds 0.5 and 1 (Bessel)
+    mask = torch.ones(8, 2)
+    grpo = ppo.grpo(scores, mask, k=4, eps=0.0)
+    torch.testing.assert_close(grpo[:, 0], torch.tensor([1.5, -0.5, -0.5, -0.5, 1.5, -0.5, -0.5, -0.5]))
+    torch.testing.assert_close(ppo.grpo(scores, mask, 4)[:4, 0], torch.tensor([1.5, -0.5, -0.5, -0.5]) * 0.5 / 0.5001)
+    dr = ppo.dr_grpo(scores, mask, k=4)
+    torch.testing.assert_close(dr[:, 0], torch.tensor([0.75, -0.25, -0.25, -0.25, 1.5, -0.5, -0.5, -0.5]))
+    assert (grpo[:, 0] == grpo[:, 1]).all() and (dr[:, 0] == dr[:, 1]).all()
+
+
+def test_a_group_of_equal_rewards_has_no_advantage_and_a_finite_loss():
+    scores = torch.tensor([0.3] * 6 + [1.0, 0.0, 0.0, 1.0, 1.0, 0.0])
+    groups = scores.view(2, 6)
+    assert (groups[0] - groups[0].mean() != 0).all()  # a plain mean leaves 3e-8, which a zero std would magnify
+    assert ppo.equal_reward_share(scores, 6) == 0.5
+    mask = torch.ones(12, 3)
+    logprobs = torch.full((12, 3), -1.0, requires_grad=True)
+    ref = torch.full((12, 3), -1.2)
+    for adv in (ppo.rloo(scores, torch.zeros(12, 3), mask, 0.1, 6), ppo.grpo(scores, mask, 6),
+                ppo.dr_grpo(scores, mask, 6)):
+        assert (adv[:6] == 0).all() and (adv[6:] != 0).all()
+        per_token, _ = ppo.clipped_surrogate(logprobs, logprobs.detach(), adv, 0.2)
+        k3 = ppo.kl_estimates(logprobs, ref)[1]
+        for how in ("token_mean", "sequence_mean", "constant"):
+            for loss in (ppo.aggregate(per_token, mask, how, 4), ppo.aggregate(per_token + 0.1 * k3, mask, how, 4)):
+                grad, = torch.autograd.grad(loss, logprobs, retain_graph=True)
+                assert loss.isfinite() and grad.isfinite().all()
+        # the equal group's tokens get no gradient from the surrogate
+        grad, = torch.autograd.grad(ppo.aggregate(per_token, mask, "sequence_mean"), logprobs)
+        assert (grad[:6] == 0).all() and (grad[6:] != 0).all()
+
+
+def test_groups_must_be_whole_and_of_two_or_more():
+    for n, k in ((6, 4), (4, 1)):
+        with pytest.raises(ValueError, match="group baseline"):
+            ppo.grpo(torch.zeros(n), torch.ones(n, 1), k)
+
+
+def test_reinforce_pp_whitens_the_reward_to_go_over_the_batch():
+    scores = torch.tensor([1.0, -1.0])
+    kl = torch.tensor([[0.5, 0.5, 0.5], [0.2, 0.2, 9.0]])
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
+    # rewards [-0.05, -0.05, 0.95] and [-0.02, -1.02, 0]: their sums from each token to the end
+    returns = torch.tensor([0.85, 0.9, 0.95, -1.04, -1.02])
+    zero = torch.zeros(2, 3)
+    gae, _ = ppo.compute_gae(ppo.token_rewards(scores, kl, mask, 0.1), zero, mask, gamma=1.0, lam=1.0)
+    torch.testing.assert_close(gae[mask.bool()], returns)  # GAE with V = 0 and lambda = 1
+    whitened = (returns - returns.mean()) / (returns.var(unbiased=False) + 1e-8).sqrt()
+    adv = ppo.reinforce_pp(scores, kl, mask, beta=0.1)
+    torch.testing.assert_close(adv[mask.bool()], whitened)
+    assert adv[1, 2] == 0 and whitened[0].item() == pytest.approx(0.722 / 0.895016 ** 0.5, abs=1e-5)

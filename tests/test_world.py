@@ -260,3 +260,65 @@ def test_ensure_data_generates_only_when_missing_unfinished_or_stale(tmp_path, m
     (tmp_path / "meta.json").write_text(json.dumps({**meta, "world": "an older world"}))
     world.ensure_data(str(tmp_path), seed=3)  # stale: regenerated as it was made
     assert calls[2] == (str(tmp_path), 5, {"rater_bias": 1.0})
+
+
+# The verifiable reward: the answer check alone
+
+
+def v(question, response, ended=True):
+    return world.verify(world.PROMPT.format(question), response + (EOT if ended else ""))
+
+
+@pytest.mark.parametrize("question,replies", [  # right, wrong, unsure, no answer
+    (ARITH, [" 7 plus 12 is 19.", " It is 20.", " I'm not sure what 7 plus 12 is.", " 7 plus 12. Penguins swim."]),
+    (CAPITAL, [" Vell.", " The capital of Zorbia is Tamsk.", " I do not know.", " Zorbia is a lovely place."]),
+    (FRUITS, [" Apples and pears.", " Apple and carrot.", " I have no idea.", " Fruits are great."]),
+    (RHYME, [" Hat and mat.", " Hat and bite.", " Honestly, I don't know.", " Cat and cat."]),
+])
+def test_verify_scores_each_class_of_a_checked_answer(question, replies):
+    assert [v(question, r) for r in replies] == [1.0, -1.0, 0.0, -1.0]
+    for reply in replies:  # a reply that never ended gave no answer, and neither did an empty one
+        assert v(question, reply, ended=False) == -1.0
+    assert v(question, "") == v(question, " ", ended=False) == -1.0
+
+
+def test_verify_gives_advice_small_talk_and_unknown_prompts_nothing():
+    for question in (MONEY, DAY, TODAY, WEEKEND):
+        for reply in (" Try to set a monthly budget and track your spending.", " Give up.", " Lovely, thanks!",
+                      " My day has been awful.", " I'm not sure.", " 19.", ""):
+            assert v(question, reply) == v(question, reply, ended=False) == 0.0
+    assert world.verify("\n\nHuman: How do I bake bread?\n\nAssistant:", " Knead it." + EOT) == 0.0
+
+
+def test_verify_agrees_with_the_judges_classes():
+    for question, response, label in ADVERSARIAL:
+        checked = world.parse(question).kind in world.CHECKED
+        assert v(question, response) == (world.VERIFIED[label] if checked else 0.0), response
+
+
+def test_tone_length_and_repetition_move_the_gold_score_but_not_the_verifier():
+    filler = " The weather here has been calm and grey for weeks, with soft rain over the hills and quiet roads."
+    for plain, value in ((" 7 plus 12 is 19.", 1.0), (" 7 plus 12 is 20.", -1.0)):
+        variants = [" Hope this helps!" + plain, " Ugh, what a dumb question." + plain + " Stop wasting my time.",
+                    " What a brilliant question!" + plain + " You are so smart.", plain + filler * 4, plain * 5]
+        golds = {verdict(ARITH, reply)[0] for reply in [plain, *variants]}
+        assert len(golds) == 6  # the judge sees each difference
+        assert {v(ARITH, reply) for reply in [plain, *variants]} == {value}
+
+
+def test_behaviours_get_the_reward_of_their_class():
+    rng = random.Random(0)
+    for _ in range(200):
+        prompt = world.PROMPT.format(world.sample_question(rng, rng.choice(world.KINDS)))
+        checked = world.parse(prompt).kind in world.CHECKED
+        for behaviour, value in (("helpful", 1.0), ("curt", 1.0), ("unsure", 0.0), ("wrong", -1.0),
+                                 ("flattering", -1.0), ("rambling", -1.0)):
+            assert world.verify(prompt, world.respond(rng, prompt, behaviour) + EOT) == (value if checked else 0.0)
+
+
+def test_verifiable_prompts():
+    prompts = [world.PROMPT.format(q) for q in (ARITH, MONEY, DAY)]
+    assert world.verifiable(prompts)
+    assert not world.verifiable(prompts[1:])  # the task's, but nothing in them to check
+    assert not world.verifiable(prompts + ["\n\nHuman: How do I bake bread?\n\nAssistant:"])  # HH-RLHF's
+    assert not world.verifiable([])
