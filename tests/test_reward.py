@@ -247,3 +247,17 @@ def test_smoke_builtin_task_through_the_command_line(tmp_path):
     assert overall == pytest.approx(summary["val_gold_agreement"])
     right_wrong = summary["val_gold_agreement/right>wrong"]
     assert counts["right>wrong"] > 50 and f"right>wrong {right_wrong:.0%} of {counts['right>wrong']}" in out.stdout
+
+
+def test_final_validation_numbers_are_on_the_scale_of_the_training_curve(tiny_task):
+    """reward.py's last validation numbers, like every earlier one, are of the head before normalisation."""
+    summary = reward.main(tiny_args(tiny_task, "rm"))
+    rm, spec = load_reward_model(tiny_task / "rm" / "ckpt.pt")
+    assert summary["norm_gain"] != pytest.approx(1.0, abs=0.01)
+    rm.gain.fill_(1.0)
+    rm.bias.zero_()
+    enc = load_tokenizer(spec)
+    _, pairs = reward.load_pairs(tiny_task / "val.jsonl", enc, 64, lambda *a: None)
+    raw = reward.evaluate(rm, pairs, reward.Config(), setup_runtime("cpu"), enc.eot_token)
+    for key in ("val_loss", "val_margin", "val_reward_mean", "val_reward_std", "val_accuracy"):
+        assert summary[key] == pytest.approx(raw[key], abs=1e-6), key
