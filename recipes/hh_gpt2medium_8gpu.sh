@@ -6,8 +6,7 @@
 #
 # Not yet run on GPUs by this project: the figures below are estimates.
 #   memory:    16 bytes a parameter for weights, gradients and AdamW state (5.7 GB on every GPU under DDP) plus
-#              activations for 128 / 8 = 16 sequences of 512 tokens (~8 GB): 40 GB GPUs are plenty. Where a model
-#              does not fit, add --fsdp to a stage to shard weights, gradients and optimizer state (FSDP2).
+#              activations for 128 / 8 = 16 sequences of 512 tokens (~8 GB): 40 GB GPUs are plenty.
 #   wall time: about an hour on 8 H100-class GPUs, most of it PPO's sampling.
 #   numbers:   as in hh_gpt2_1gpu.sh; a larger model should reach a higher reward-model accuracy.
 #
