@@ -107,8 +107,9 @@ def val_loss(model, examples, cfg, rt, pad_id):
 
 def initial_model(cfg, rt, builtin_tokenizer, train_file, resumed):
     """
-    The model SFT starts from and its tokenizer's spec: from scratch (with the built-in task's tokenizer, --tokenizer,
-    or a BPE trained on train_file, offline, saved beside the checkpoint), our .pt checkpoint, or GPT-2's weights.
+    The model SFT starts from, its tokenizer's spec and the tokenizer: from scratch (with the built-in task's
+    tokenizer, --tokenizer, or a BPE trained on train_file, offline, saved beside the checkpoint), our .pt checkpoint,
+    or GPT-2's weights.
     """
     if cfg.init_from == "scratch":
         tokenizer_spec = cfg.tokenizer or builtin_tokenizer
@@ -120,20 +121,21 @@ def initial_model(cfg, rt, builtin_tokenizer, train_file, resumed):
                                 tokenizer_spec)
             if rt.world_size > 1:
                 dist.barrier()  # the other processes read the file the master writes
-        n_vocab = load_tokenizer(tokenizer_spec).n_vocab
-        model = GPT(GPTConfig(block_size=cfg.block_size, vocab_size=n_vocab, n_layer=cfg.n_layer,
+        enc = load_tokenizer(tokenizer_spec)
+        model = GPT(GPTConfig(block_size=cfg.block_size, vocab_size=enc.n_vocab, n_layer=cfg.n_layer,
                               n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=cfg.dropout))
     elif cfg.init_from.endswith(".pt"):
         model, tokenizer_spec, _ = load_policy(cfg.init_from, "--init_from")
+        enc = load_tokenizer(tokenizer_spec)
     else:
         model, tokenizer_spec = GPT.from_pretrained(pretrained_dir(cfg.init_from)), cfg.tokenizer or "gpt2"
-    n_vocab = load_tokenizer(tokenizer_spec).n_vocab
-    if n_vocab > model.config.vocab_size:
-        raise SystemExit(f"tokenizer {tokenizer_spec} has {n_vocab} tokens, the model only {model.config.vocab_size}")
+        enc = load_tokenizer(tokenizer_spec)
+    if enc.n_vocab > model.config.vocab_size:
+        raise SystemExit(f"tokenizer {tokenizer_spec} has {enc.n_vocab} tokens, the model only {model.config.vocab_size}")
     if cfg.block_size < model.config.block_size:  # the checkpoint tells every later stage the context it trained at
         rt.say(f"context cut from the initial model's {model.config.block_size} tokens to --block_size {cfg.block_size}")
         model.crop_block_size(cfg.block_size)
-    return model, tokenizer_spec
+    return model, tokenizer_spec, enc
 
 
 def main(argv=None):
@@ -150,8 +152,7 @@ def main(argv=None):
     else:
         train_file, val_file, prompts_file = cfg.train_file, cfg.val_file, cfg.eval_prompts
 
-    model, tokenizer_spec = initial_model(cfg, rt, builtin_tokenizer, train_file, resumed)
-    enc = load_tokenizer(tokenizer_spec)
+    model, tokenizer_spec, enc = initial_model(cfg, rt, builtin_tokenizer, train_file, resumed)
     model.to(rt.device)
     rt.say(f"model: {model.num_params() / 1e6:.2f}M parameters, tokenizer {tokenizer_spec} ({enc.n_vocab} tokens)")
 
