@@ -9,7 +9,25 @@ clipped policy loss; a value head on the policy's own trunk learns the returns w
 The details follow OpenAI's lm-human-preferences and "The N+ Implementation Details of RLHF with PPO"
 (Huang et al., 2024).
 
+--advantage swaps GAE for a critic-free estimator; the sampling, the clipped surrogate over --ppo_epochs passes and
+the rest of the loop stay. What each leaves out:
+    gae           nothing: PPO as above.
+    rloo          the value head and GAE: it samples --samples_per_prompt replies to each prompt and judges each
+                  against the mean reward of the others; every token of a reply gets the reply's one advantage, and
+                  the KL is paid in the reward, summed over the reply.
+    grpo          the value head, GAE and the KL in the reward: the group's mean reward is the baseline and its std
+                  the scale, and beta * k3 joins each token's loss instead, whose gradient is that of the reverse
+                  KL(pi_ref || pi); each reply weighs the same in the loss, however long.
+    dr_grpo       GRPO's two divisions as well: no std scaling, and token losses summed over the length limit rather
+                  than averaged per reply.
+    reinforce_pp  the value head and any groups: PPO's per-token rewards, each token's reward-to-go whitened over
+                  the batch.
+--reward swaps the score: the reward model's (rm), the task's own check of the answer (verifier: data/world.py's
+verify, +1 right, 0 not sure, -1 wrong or no answer, 0 for advice and small talk, which have nothing to check; no
+reward model at all), or the reward model's plus --verifier_weight times the verifier's (rm+verifier).
+
     python ppo.py
+    python ppo.py --advantage grpo --reward verifier
     python ppo.py --sft_ckpt out/sft/ckpt.pt --reward_ckpt out/reward/ckpt.pt --prompts_file p.jsonl --eval_prompts e.jsonl
 """
 
@@ -21,9 +39,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from common import (MetricsLog, all_gather_objects, all_mean, all_sum, batch_at, begin, check_finite, distributed,
-                    frozen, leave_processes, load_policy, load_prompts, load_reward_model, lr_at, master_first, pad,
-                    restore_run, save_run)
+from common import (MetricsLog, all_gather_objects, all_mean, all_sum, batch_at, begin, check_finite, decode_responses,
+                    distributed, frozen, leave_processes, load_policy, load_prompts, load_reward_model, lr_at,
+                    master_first, pad, restore_run, save_run)
 from data import world
 from evaluate import HeldOut, print_samples
 from model import ScalarHead, response_mask, token_logprobs
@@ -33,30 +51,34 @@ from tokenizer import load_tokenizer
 @dataclass
 class Config:
     sft_ckpt: str = "out/sft/ckpt.pt"  # the SFT policy: where PPO starts, and the frozen reference
-    reward_ckpt: str = "out/reward/ckpt.pt"  # the trained, normalised reward model
+    reward_ckpt: str = "out/reward/ckpt.pt"  # the trained, normalised reward model (not read with --reward verifier)
     prompts_file: str = ""  # JSONL of {prompt} to train on; empty: the built-in task's training prompts
     eval_prompts: str = ""  # held-out JSONL of {prompt}; empty: the built-in task's (tune on out/data/val_prompts.jsonl)
     out_dir: str = "out/ppo"  # where ckpt.pt and metrics.jsonl go
     iterations: int = 60  # rounds of sampling a rollout batch and updating on it
-    rollout_batch: int = 64  # prompts answered per iteration
-    minibatch: int = 16  # rollouts per gradient step
+    advantage: str = "gae"  # gae (PPO: GAE with a value head), or without a critic rloo, grpo, dr_grpo or reinforce_pp
+    samples_per_prompt: int | None = None  # k, replies sampled to each prompt; none: 4 for rloo, grpo and dr_grpo, 1 for gae and reinforce_pp (gae takes only 1)
+    reward: str = "rm"  # rm (the reward model's score), verifier (the built-in task's answer check, data.world.verify) or rm+verifier
+    verifier_weight: float = 1.0  # the score is the reward model's (with rm+verifier; 0 with verifier) plus this times the verifier's
+    rollout_batch: int = 64  # replies sampled per iteration: rollout_batch / samples_per_prompt prompts, each answered k times
+    minibatch: int = 16  # replies per gradient step
     ppo_epochs: int = 2  # passes over each rollout batch
-    lr: float = 3e-4  # peak learning rate of the policy and value head
+    lr: float = 3e-4  # peak learning rate of the policy (and its value head, with gae)
     warmup_steps: int = 5  # iterations of linear learning-rate warmup, then cosine decay
     grad_clip: float = 1.0  # clip the gradient norm to this
     temperature: float = 1.0  # sampling temperature; every log-prob is of softmax(logits / temperature)
     max_new_tokens: int = 64  # response length limit; a response that hits it never ended
     missing_eot_penalty: float = 1.0  # subtracted from the score of a response that never ended (1: one std of SFT samples' rewards)
     whiten_rewards: bool = False  # rescale each rollout's scores to std 1, keeping their mean
-    kl_coef: float = 0.2  # beta, the per-token KL penalty's weight (start value if adaptive; tuned on the validation prompts); lower lets the policy exploit the reward model more
+    kl_coef: float = 0.2  # beta, the per-token KL penalty's weight, in the reward or in grpo's and dr_grpo's loss (start value if adaptive; tuned on the validation prompts); lower lets the policy exploit the reward model more
     adaptive_kl: bool = False  # adapt beta to keep the KL near kl_target (Ziegler et al. 2019)
     kl_target: float = 6.0  # adaptive beta: the sequence KL to aim for, in nats
     kl_horizon: int = 0  # adaptive beta: episodes over which beta moves by at most ~20%; 0: the run's length in episodes
-    gamma: float = 1.0  # discount: 1, the score at the end counts as much for the first token as the last
-    lam: float = 0.95  # GAE lambda: lower trusts the value head more, less variance, more bias
+    gamma: float = 1.0  # gae: discount; 1, the score at the end counts as much for the first token as the last
+    lam: float = 0.95  # gae: GAE lambda; lower trusts the value head more, less variance, more bias
     cliprange: float = 0.2  # clip the probability ratio to 1 +- this
-    cliprange_value: float = 0.2  # clip the new values to the old values +- this
-    vf_coef: float = 0.1  # weight of the value loss against the policy loss (they share a trunk)
+    cliprange_value: float = 0.2  # gae: clip the new values to the old values +- this
+    vf_coef: float = 0.1  # gae: weight of the value loss against the policy loss (they share a trunk)
     eval_interval: int = 30  # evaluate on the held-out prompts every this many iterations (and at the end)
     ckpt_interval: int = 10  # checkpoint every this many iterations (and at the end)
     n_eval: int = 256  # held-out prompts per evaluation
@@ -66,21 +88,33 @@ class Config:
     resume: bool = False  # continue the run in out_dir from its checkpoint
 
 
-class PolicyWithValue(nn.Module):
-    """The policy GPT and a value head on its final hidden states: one trunk, one forward pass, both outputs."""
+class Policy(nn.Module):
+    """The policy GPT alone, as the critic-free estimators train it."""
 
     def __init__(self, gpt):
         super().__init__()
         self.gpt = gpt
+
+    def response_states(self, prompt, prompt_mask, response, resp_mask):
+        """Left-padded prompts [B, P] and their responses [B, T]: the final hidden state before each response token."""
+        hidden = self.gpt.hidden_states(torch.cat([prompt, response], 1), torch.cat([prompt_mask, resp_mask], 1))
+        return hidden[:, prompt.size(1) - 1:-1]  # position t reads everything before response token t
+
+    def forward(self, prompt, prompt_mask, response, resp_mask):
+        """The logits that predict each response token [B, T, vocab], and no value: None."""
+        return self.gpt.lm_head(self.response_states(prompt, prompt_mask, response, resp_mask)), None
+
+
+class PolicyWithValue(Policy):
+    """The policy GPT and a value head on its final hidden states (gae): one trunk, one forward pass, both outputs."""
+
+    def __init__(self, gpt):
+        super().__init__(gpt)
         self.value_head = ScalarHead(gpt.config.n_embd)
 
     def forward(self, prompt, prompt_mask, response, resp_mask):
-        """
-        Left-padded prompts [B, P] and their responses [B, T]. Returns the logits that predict each response
-        token [B, T, vocab] and the value of the state before it [B, T].
-        """
-        hidden = self.gpt.hidden_states(torch.cat([prompt, response], 1), torch.cat([prompt_mask, resp_mask], 1))
-        hidden = hidden[:, prompt.size(1) - 1:-1]  # position t reads everything before response token t
+        """The logits that predict each response token [B, T, vocab] and the value of the state before it [B, T]."""
+        hidden = self.response_states(prompt, prompt_mask, response, resp_mask)
         return self.gpt.lm_head(hidden), self.value_head(hidden).float()
 
 
@@ -166,17 +200,16 @@ def compute_gae(rewards, values, mask, gamma=1.0, lam=0.95):
     return advantages, advantages + values
 
 
-def ppo_policy_loss(logprobs, old_logprobs, advantages, mask, cliprange):
+def ppo_policy_loss(logprobs, old_logprobs, advantages, mask, cliprange, how="token_mean", max_len=None, kl=None):
     """
-    The clipped surrogate: mean over tokens of max(-A * ratio, -A * clip(ratio, 1 - eps, 1 + eps)), with
-    ratio = pi / pi_old. Where the clipped term wins, the loss is flat in pi: no gradient pushes further.
-    Returns (loss, fraction of tokens where the clip binds).
+    The clipped surrogate of every token (clipped_surrogate), plus kl where given (GRPO's beta * k3 per token),
+    averaged as `how` says (aggregate): PPO's is the mean over tokens. Returns (loss, fraction of tokens where the
+    clip binds).
     """
-    ratio = torch.exp(logprobs - old_logprobs)
-    unclipped = -advantages * ratio
-    clipped = -advantages * torch.clamp(ratio, 1 - cliprange, 1 + cliprange)
-    loss = masked_mean(torch.max(unclipped, clipped), mask)
-    return loss, masked_mean((clipped > unclipped).float(), mask)
+    per_token, clipped = clipped_surrogate(logprobs, old_logprobs, advantages, cliprange)
+    if kl is not None:
+        per_token = per_token + kl
+    return aggregate(per_token, mask, how, max_len), masked_mean(clipped, mask)
 
 
 def ppo_value_loss(values, old_values, returns, mask, cliprange_value):
@@ -217,6 +250,11 @@ def kl_k2(logprobs, ref_logprobs):
 #   grpo          group mean           group std        k3 per token, in the loss       sequence_mean
 #   dr_grpo       group mean           -                k3 per token, in the loss       constant
 #   reinforce_pp  -                    batch whitening  k1 per token, in the reward     token_mean
+# Each estimator, the --advantage of that name, has its own lines in rollout and ppo_update, switched on these:
+AGGREGATION = {"gae": "token_mean", "rloo": "constant", "grpo": "sequence_mean", "dr_grpo": "constant",
+               "reinforce_pp": "token_mean"}
+GROUP_BASELINES = ("rloo", "grpo", "dr_grpo")  # a sample judged against the other samples of its prompt
+KL_IN_LOSS = ("grpo", "dr_grpo")  # beta * k3 on every token's loss, rather than k1 in the reward
 
 
 def reward_groups(rewards, k):
@@ -299,8 +337,9 @@ def reinforce_pp(scores, kl, mask, beta, across_processes=False):
 
 def clipped_surrogate(logprobs, old_logprobs, advantages, cliprange):
     """
-    ppo_policy_loss per token, before any averaging: (max(-A * ratio, -A * clip(ratio, 1 - eps, 1 + eps)), 1.0
-    where the clip binds), for aggregate to average as an estimator needs.
+    PPO's clipped surrogate per token, max(-A * ratio, -A * clip(ratio, 1 - eps, 1 + eps)) with ratio = pi / pi_old,
+    and 1.0 where the clip binds, before any averaging (ppo_policy_loss). Where the clipped term wins, the loss is flat
+    in pi: no gradient pushes further.
     """
     ratio = torch.exp(logprobs - old_logprobs)
     unclipped = -advantages * ratio
@@ -353,24 +392,41 @@ def noncanonical_share(enc, tokens, mask):
     return sum(enc.encode_ordinary(enc.decode(r)) != r for r in responses) / len(responses)
 
 
+def samples_per_prompt(cfg):
+    """k, the replies sampled to each prompt: --samples_per_prompt, or by default 4 for a group baseline, else 1."""
+    if cfg.samples_per_prompt is not None:
+        return cfg.samples_per_prompt
+    return 4 if cfg.advantage in GROUP_BASELINES else 1
+
+
+def verify_responses(prompt_texts, enc, prompt, prompt_mask, tokens, mask):
+    """The verifier's value of each response: world.verify of its prompt and its text, as the gold judge reads it."""
+    texts = decode_responses(enc, [(prompt, prompt_mask, tokens, mask)])
+    return torch.tensor([world.verify(p, t) for p, t in zip(prompt_texts, texts)], device=tokens.device)
+
+
 @torch.no_grad()
 def score_responses(reward_model, prompt, prompt_mask, tokens, mask, eot_id, missing_eot_penalty):
     """
-    The reward model's score, read at each response's end-of-text. A response that never ended also pays the penalty,
-    on top of its score rather than instead of it: a replacement would let a bad reply escape its low score by
-    running to the length limit.
+    The reward model's score, read at each response's end-of-text; 0 without one (--reward verifier). A response
+    that never ended also pays the penalty, on top of its score rather than instead of it: a replacement would let a
+    bad reply escape its low score by running to the length limit.
     """
-    scores = reward_model(torch.cat([prompt, tokens], 1), torch.cat([prompt_mask, mask], 1)).float()
+    scores = torch.zeros(len(tokens), device=tokens.device)
+    if reward_model is not None:
+        scores = reward_model(torch.cat([prompt, tokens], 1), torch.cat([prompt_mask, mask], 1)).float()
     ended = (tokens == eot_id).any(1)
     return scores - torch.where(ended, 0.0, missing_eot_penalty)
 
 
 @torch.no_grad()
-def rollout(agent, ref, reward_model, prompt_ids, beta, cfg, rt, eot_id, generator):
+def rollout(agent, ref, reward_model, prompt_ids, beta, cfg, rt, eot_id, generator, prompt_texts=None, enc=None):
     """
     Answer a batch of prompts and compute everything the update needs. Returns (batch, stats): batch holds the
-    left-padded prompts, the responses and their mask, the old log-probs and values, whitened advantages and
-    returns, all [B, ...] so that minibatches are rows of it; stats are the per-iteration objective metrics.
+    left-padded prompts, the responses and their mask, the old log-probs and the advantages, with gae the old values
+    and the returns, with grpo and dr_grpo the reference's log-probs, all [B, ...] so that minibatches are rows of it;
+    stats are the per-iteration objective metrics. A group method's prompts come k times each, in consecutive rows.
+    The verifier (--reward verifier or rm+verifier) reads the prompt_texts and the responses decoded by enc.
     Under torchrun each process answers its share of the prompts, and the statistics are of all of them.
     """
     prompt, prompt_mask = (t.to(rt.device) for t in pad(prompt_ids, eot_id, left=True))
@@ -383,28 +439,58 @@ def rollout(agent, ref, reward_model, prompt_ids, beta, cfg, rt, eot_id, generat
     with rt.autocast():
         logits, values = agent(prompt, prompt_mask, tokens, mask)
         ref_logprobs = response_logprobs(ref, prompt, prompt_mask, tokens, mask, cfg.temperature)
-        scores = score_responses(reward_model, prompt, prompt_mask, tokens, mask, eot_id, cfg.missing_eot_penalty)
+        # less the missing-EOT penalty: the penalty alone, without a reward model
+        rm_scores = score_responses(reward_model, prompt, prompt_mask, tokens, mask, eot_id, cfg.missing_eot_penalty)
+    scores, verified = rm_scores, None
+    if cfg.reward != "rm":
+        # the task's own check of each answer, added to the score. It gives a reply that never ended -1 where it checks
+        # an answer, as it does a wrong one, so such a reply pays twice, and should: the penalty puts a reply cut off
+        # at the length limit below a wrong one that ended, as under the reward model, and on advice and small talk,
+        # where the verifier gives 0, the penalty alone asks a reply to end
+        verified = verify_responses(prompt_texts, enc, prompt, prompt_mask, tokens, mask)
+        scores = rm_scores + cfg.verifier_weight * verified
     logprobs = token_logprobs(logits, tokens, cfg.temperature) * mask
-    values = values * mask
     kl, kl_k3 = (k * mask for k in kl_estimates(logprobs, ref_logprobs))
     paid = scores
     if cfg.whiten_rewards:  # rescaled, not centred: the returns still rise as the policy's replies get better
         paid = masked_whiten(scores, torch.ones_like(scores), shift_mean=False, across_processes=True)
     rewards = token_rewards(paid, kl, mask, beta)
-    advantages, returns = compute_gae(rewards, values, mask, cfg.gamma, cfg.lam)
+    k = samples_per_prompt(cfg)
+    # the advantage, by --advantage: the table above reward_groups
+    if cfg.advantage == "gae":
+        values = values * mask
+        advantages, returns = compute_gae(rewards, values, mask, cfg.gamma, cfg.lam)
+        advantages = masked_whiten(advantages, mask, across_processes=True)
+    elif cfg.advantage == "rloo":
+        advantages = rloo(paid, kl, mask, beta, k)
+    elif cfg.advantage == "grpo":
+        advantages = grpo(paid, mask, k)
+    elif cfg.advantage == "dr_grpo":
+        advantages = dr_grpo(paid, mask, k)
+    else:
+        advantages = reinforce_pp(paid, kl, mask, beta, across_processes=True)
 
     logp = F.log_softmax(logits.float() / cfg.temperature, dim=-1)
     entropy = -(logp.exp() * logp).sum(-1) * mask
     ended = (tokens == eot_id).any(1)
     stats = {"objective/kl": kl.sum(1).mean(), "objective/kl_k3": kl_k3.sum(1).mean(),
-             "objective/entropy": entropy.sum(1).mean(),
-             "objective/scores": scores.mean(), "objective/rlhf_reward": rewards.sum(1).mean(),
-             "response/length": mask.sum(1).float().mean(), "response/eot_rate": ended.float().mean()}
-    stats = all_mean({k: v.item() for k, v in stats.items()}, rt.device)  # every process holds as many rows
-    stats["val/explained_variance"] = explained_variance(values, returns, mask, across_processes=True).item()
+             "objective/entropy": entropy.sum(1).mean()}
+    if reward_model is not None:  # the reward model's part of the score, penalty included: all of it with --reward rm
+        stats["objective/scores"] = rm_scores.mean()
+    if verified is not None:
+        stats["objective/verifier"] = verified.mean()
+    if cfg.advantage in GROUP_BASELINES:  # the score teaches these groups nothing (RLOO's KL term still does)
+        stats["objective/equal_groups"] = equal_reward_share(paid, k)
+    stats.update({"objective/rlhf_reward": rewards.sum(1).mean(), "response/length": mask.sum(1).float().mean(),
+                  "response/eot_rate": ended.float().mean()})
+    stats = all_mean({name: v.item() for name, v in stats.items()}, rt.device)  # every process holds as many rows
     batch = {"prompt": prompt, "prompt_mask": prompt_mask, "tokens": tokens, "mask": mask, "logprobs": logprobs,
-             "values": values, "advantages": masked_whiten(advantages, mask, across_processes=True),
-             "returns": returns}
+             "advantages": advantages}
+    if cfg.advantage == "gae":  # the value loss's old values and targets
+        stats["val/explained_variance"] = explained_variance(values, returns, mask, across_processes=True).item()
+        batch.update(values=values, returns=returns)
+    if cfg.advantage in KL_IN_LOSS:
+        batch["ref_logprobs"] = ref_logprobs
     return batch, stats
 
 
@@ -414,12 +500,14 @@ def grad_norm(params):
     return torch.linalg.vector_norm(torch.stack(norms))
 
 
-def ppo_update(agent, optimizer, batch, cfg, rt, train_agent=None):
+def ppo_update(agent, optimizer, batch, cfg, rt, train_agent=None, beta=None):
     """
     ppo_epochs passes over the rollout batch in shuffled minibatches, a clipped gradient step on each. Returns per-step
-    stats. Under torchrun each process holds rollout_batch / N rows and takes minibatch / N of them per step; the
-    agent runs as train_agent (wrapped in DDP), and the losses are means over the tokens of the whole minibatch.
+    stats. beta: the weight of the KL in the loss of grpo and dr_grpo (the others paid it in the rollout's rewards).
+    Under torchrun each process holds rollout_batch / N rows and takes minibatch / N of them per step; the agent runs
+    as train_agent (wrapped in DDP), and the losses are those of the whole minibatch.
     """
+    how = AGGREGATION[cfg.advantage]
     stats = []
     for epoch in range(cfg.ppo_epochs):
         for rows in torch.randperm(batch["tokens"].size(0), device=rt.device).split(cfg.minibatch // rt.world_size):
@@ -428,15 +516,25 @@ def ppo_update(agent, optimizer, batch, cfg, rt, train_agent=None):
             with rt.autocast():
                 logits, values = (train_agent or agent)(mb["prompt"], mb["prompt_mask"], mb["tokens"], mask)
             logprobs = token_logprobs(logits, mb["tokens"], cfg.temperature) * mask
-            pg_loss, pg_clipfrac = ppo_policy_loss(logprobs, mb["logprobs"], mb["advantages"], mask, cfg.cliprange)
-            vf_loss, vf_clipfrac = ppo_value_loss(values, mb["values"], mb["returns"], mask, cfg.cliprange_value)
-            # this process's losses are means over its own tokens: weighed by its share of the minibatch's
-            share = mask.sum() / all_sum(mask.sum())
-            loss = (pg_loss + cfg.vf_coef * vf_loss) * share
-            rt.scaler.scale(loss * rt.world_size).backward()  # x world_size: DDP averages over processes
+            kl_loss = None
+            if cfg.advantage in KL_IN_LOSS:  # k3, as GRPO has it: see grpo
+                kl_loss = beta * kl_estimates(logprobs, mb["ref_logprobs"])[1]
+            pg_loss, pg_clipfrac = ppo_policy_loss(logprobs, mb["logprobs"], mb["advantages"], mask, cfg.cliprange,
+                                                   how, cfg.max_new_tokens, kl_loss)
+            loss = pg_loss
+            if cfg.advantage == "gae":
+                vf_loss, vf_clipfrac = ppo_value_loss(values, mb["values"], mb["returns"], mask, cfg.cliprange_value)
+                loss = pg_loss + cfg.vf_coef * vf_loss
+            # this process's losses are means over its own tokens (token_mean) or its own rows: weighed by its share
+            # of the minibatch's tokens, or rows (every process holds as many)
+            token_share = mask.sum() / all_sum(mask.sum())
+            share = token_share if how == "token_mean" else 1 / rt.world_size
+            rt.scaler.scale(loss * share * rt.world_size).backward()  # x world_size: DDP averages over processes
             rt.scaler.unscale_(optimizer)
-            # one clip budget for both: the norms apart tell which of the two losses spends it
-            policy_norm, value_norm = grad_norm(agent.gpt.parameters()), grad_norm(agent.value_head.parameters())
+            norms = {}
+            if cfg.advantage == "gae":  # one clip budget for both: the norms apart tell which of the two losses spends it
+                norms = {"grad_norm/policy": grad_norm(agent.gpt.parameters()).item(),
+                         "grad_norm/value": grad_norm(agent.value_head.parameters()).item()}
             total_norm = torch.nn.utils.clip_grad_norm_(agent.parameters(), cfg.grad_clip)
             rt.scaler.step(optimizer)
             rt.scaler.update()
@@ -444,22 +542,25 @@ def ppo_update(agent, optimizer, batch, cfg, rt, train_agent=None):
             with torch.no_grad():
                 # 0.5 * E[(log ratio)^2]: how far this step's policy already is from the one that sampled
                 approxkl = 0.5 * masked_mean((logprobs - mb["logprobs"]) ** 2, mask)
-                means = all_sum(torch.stack([pg_loss, vf_loss, approxkl, pg_clipfrac, vf_clipfrac]) * share).tolist()
-            stats.append({**dict(zip(("loss/policy", "loss/value", "policy/approxkl", "policy/clipfrac",
-                                      "val/clipfrac"), means)),
-                          "grad_norm": total_norm.item(), "grad_norm/policy": policy_norm.item(),
-                          "grad_norm/value": value_norm.item()})
+                token_means = {"policy/approxkl": approxkl, "policy/clipfrac": pg_clipfrac}
+                if cfg.advantage == "gae":
+                    token_means.update({"loss/value": vf_loss, "val/clipfrac": vf_clipfrac})
+                means = all_sum(torch.stack([pg_loss * share, *(v * token_share for v in token_means.values())]))
+            stats.append({**dict(zip(("loss/policy", *token_means), means.tolist())), "grad_norm": total_norm.item(),
+                          **norms})
     return stats
 
 
 def save_ppo(path, agent, optimizer, rt, cfg, tokenizer, step, beta, generator, **extra):
     """
-    The policy and, apart, its value head: later stages load it as a policy (common.load_policy). For --resume,
+    The policy and, apart, gae's value head: later stages load it as a policy (common.load_policy). For --resume,
     besides what every stage keeps: beta and each process's sampling generator, which every process must send.
     """
     generators = all_gather_objects(generator.get_state())
-    save_run(path, "ppo_policy", agent.gpt, optimizer, rt, cfg, tokenizer, step,
-             value_head=agent.value_head.state_dict(), kl_coef=beta, generators=generators, **extra)
+    if cfg.advantage == "gae":
+        extra["value_head"] = agent.value_head.state_dict()
+    save_run(path, "ppo_policy", agent.gpt, optimizer, rt, cfg, tokenizer, step, kl_coef=beta, generators=generators,
+             **extra)
 
 
 def resume_ppo(ckpt, agent, optimizer, generator, cfg, rt):
@@ -472,13 +573,18 @@ def resume_ppo(ckpt, agent, optimizer, generator, cfg, rt):
                          f"sampling generator: resume it with as many")
     if ckpt["step"] >= cfg.iterations:
         raise SystemExit(f"{cfg.out_dir} has finished all {cfg.iterations} iterations: nothing to resume")
-    agent.value_head.load_state_dict(ckpt["value_head"])
+    if ("value_head" in ckpt) != (cfg.advantage == "gae"):  # the optimizer's state would not fit either
+        raise SystemExit(f"{cfg.out_dir} was trained {'by gae, with' if 'value_head' in ckpt else 'without'} a value "
+                         f"head: resume it with the --advantage it was trained with, not {cfg.advantage}")
+    if cfg.advantage == "gae":
+        agent.value_head.load_state_dict(ckpt["value_head"])
     generator.set_state(ckpt["generators"][rt.rank])
     return restore_run(ckpt, agent.gpt, optimizer, rt), ckpt["kl_coef"]
 
 
-SHOWN = ("objective/scores", "objective/kl", "objective/rlhf_reward", "policy/approxkl", "policy/clipfrac",
-         "val/explained_variance", "response/length", "response/eot_rate", "objective/beta", "eval/gold")
+SHOWN = ("objective/scores", "objective/verifier", "objective/kl", "objective/rlhf_reward", "objective/equal_groups",
+         "policy/approxkl", "policy/clipfrac", "val/explained_variance", "response/length", "response/eot_rate",
+         "objective/beta", "eval/gold")
 
 
 def check(cfg, rt):
@@ -492,6 +598,24 @@ def check(cfg, rt):
     if cfg.missing_eot_penalty < 0:
         raise SystemExit(f"--missing_eot_penalty is subtracted from the score of a response that never ended: give "
                          f"0 or more, not {cfg.missing_eot_penalty}, which would reward never ending")
+    if cfg.advantage not in AGGREGATION:
+        raise SystemExit(f"--advantage must be gae, rloo, grpo, dr_grpo or reinforce_pp, not {cfg.advantage!r}")
+    if cfg.reward not in ("rm", "verifier", "rm+verifier"):
+        raise SystemExit(f"--reward must be rm, verifier or rm+verifier, not {cfg.reward!r}")
+    k = samples_per_prompt(cfg)
+    if cfg.advantage in GROUP_BASELINES and k < 2:
+        raise SystemExit(f"--advantage {cfg.advantage} judges each reply against the other replies to its prompt: "
+                         f"--samples_per_prompt must be 2 or more, not {k}")
+    if cfg.advantage == "gae" and k != 1:
+        raise SystemExit(f"--advantage gae answers each prompt once, not --samples_per_prompt {k}: its value head "
+                         f"already gives each prompt its baseline, and repeats would only make a batch's prompts fewer "
+                         f"(rloo, grpo, dr_grpo and reinforce_pp take several)")
+    if k < 1:
+        raise SystemExit(f"--samples_per_prompt must be 1 or more, not {k}")
+    if cfg.rollout_batch % k or cfg.rollout_batch // k % rt.world_size:
+        raise SystemExit(f"--rollout_batch {cfg.rollout_batch} must be a multiple of --samples_per_prompt {k}, and its "
+                         f"{cfg.rollout_batch // k} prompts one of the {rt.world_size} processes: a prompt's replies "
+                         f"in one process, and as many in each")
 
 
 def main(argv=None):
@@ -506,16 +630,24 @@ def main(argv=None):
     else:
         train_file, eval_file = cfg.prompts_file, cfg.eval_prompts
 
-    # three models: the policy (trained, with its value head), the reference and the reward model (frozen)
+    # three models: the policy (trained, with gae's value head), the reference and the reward model (frozen; none
+    # for the verifier alone)
     policy, tokenizer_spec, _ = load_policy(cfg.sft_ckpt, "--sft_ckpt")
     ref = frozen(load_policy(cfg.sft_ckpt, "--sft_ckpt")[0]).to(rt.device)
-    reward_model = frozen(load_reward_model(cfg.reward_ckpt, "--reward_ckpt", tokenizer_spec)[0]).to(rt.device)
+    reward_model = None
+    if cfg.reward != "verifier":
+        reward_model = frozen(load_reward_model(cfg.reward_ckpt, "--reward_ckpt", tokenizer_spec)[0]).to(rt.device)
     enc = load_tokenizer(tokenizer_spec)
-    agent = PolicyWithValue(policy).to(rt.device)
+    agent = (PolicyWithValue if cfg.advantage == "gae" else Policy)(policy).to(rt.device)
     agent.eval()  # dropout off for good: it would make the log-probs, and so the ratios, noisy
-    rt.say(f"policy: {policy.num_params() / 1e6:.2f}M parameters from {cfg.sft_ckpt}; reward model {cfg.reward_ckpt}")
+    rt.say(f"policy: {policy.num_params() / 1e6:.2f}M parameters from {cfg.sft_ckpt}; advantage {cfg.advantage}; "
+           f"reward {cfg.reward}" + (f" from {cfg.reward_ckpt}" if reward_model is not None else ""))
     context = policy.config.block_size
-    _, train_ids = load_prompts(train_file, enc, context, cfg.max_new_tokens, None, rt.say)
+    train_texts, train_ids = load_prompts(train_file, enc, context, cfg.max_new_tokens, None, rt.say)
+    if cfg.reward != "rm" and not world.verifiable(train_texts):
+        raise SystemExit(f"--reward {cfg.reward}: the verifier checks the answers of the built-in task's prompts "
+                         f"(data.world.verifiable), not {train_file}'s: use --reward rm, or the built-in task")
+    k = samples_per_prompt(cfg)
     heldout = HeldOut(eval_file, enc, context, cfg.max_new_tokens, cfg.temperature, cfg.n_eval, rt, reward_model,
                       world)
 
@@ -544,15 +676,18 @@ def main(argv=None):
         lr = lr_at(it, cfg.iterations, cfg.lr, cfg.warmup_steps)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        prompts = [train_ids[i] for i in batch_at(len(train_ids), cfg.rollout_batch, it, cfg.seed)]
-        batch, metrics = rollout(agent, ref, reward_model, prompts[rt.rank::rt.world_size], beta, cfg, rt,
-                                 enc.eot_token, generator)
+        # rollout_batch / k prompts, shared out among the processes, then each answered k times in consecutive rows:
+        # a prompt's group stays in one process
+        chosen = batch_at(len(train_ids), cfg.rollout_batch // k, it, cfg.seed)[rt.rank::rt.world_size]
+        mine = [i for i in chosen for _ in range(k)]
+        batch, metrics = rollout(agent, ref, reward_model, [train_ids[i] for i in mine], beta, cfg, rt, enc.eot_token,
+                                 generator, [train_texts[i] for i in mine], enc)
         metrics.update(all_mean({"response/noncanonical": noncanonical_share(enc, batch["tokens"], batch["mask"])},
                                 rt.device))
-        steps = ppo_update(agent, optimizer, batch, cfg, rt, train_agent)
-        for k in steps[0]:
-            metrics[k] = sum(s[k] for s in steps) / len(steps)
-        check_finite(metrics["loss/policy"] + metrics["loss/value"], it, ckpt_path)
+        steps = ppo_update(agent, optimizer, batch, cfg, rt, train_agent, beta)
+        for name in steps[0]:
+            metrics[name] = sum(s[name] for s in steps) / len(steps)
+        check_finite(metrics["loss/policy"] + metrics.get("loss/value", 0.0), it, ckpt_path)
         metrics.update({"objective/beta": beta, "lr": lr, "iters_per_s": (it + 1 - start) / (time.time() - t0)})
         if kl_ctl:
             kl_ctl.update(metrics["objective/kl"], cfg.rollout_batch)

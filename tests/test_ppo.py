@@ -1,4 +1,5 @@
 import json
+import math
 import os
 import socket
 import subprocess
@@ -658,3 +659,219 @@ def test_reinforce_pp_whitens_the_reward_to_go_over_the_batch():
     adv = ppo.reinforce_pp(scores, kl, mask, beta=0.1)
     torch.testing.assert_close(adv[mask.bool()], whitened)
     assert adv[1, 2] == 0 and whitened[0].item() == pytest.approx(0.722 / 0.895016 ** 0.5, abs=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The estimators and the rewards in the training loop (issue 21)
+
+
+@pytest.mark.parametrize("advantage,reward,k", [
+    ("gae", "rm+verifier", None), ("rloo", "rm", None), ("grpo", "verifier", 2), ("dr_grpo", "rm+verifier", 2),
+    ("reinforce_pp", "rm", None)])
+def test_every_estimator_and_reward_through_the_command_line(tiny_stages, monkeypatch, advantage, reward, k):
+    args = tiny_ppo_args(tiny_stages, "run") + ["--advantage", advantage, "--reward", reward, "--verifier_weight", "0.5"]
+    if k:
+        args += ["--samples_per_prompt", str(k)]
+    if reward == "verifier":  # no reward model is read
+        args[args.index("--reward_ckpt") + 1] = str(tiny_stages / "missing.pt")
+    asked, real_rollout = [], ppo.rollout
+
+    def recording(*args):
+        asked.append(args[9])  # the prompts' texts, one a row
+        return real_rollout(*args)
+
+    monkeypatch.setattr(ppo, "rollout", recording)
+    summary = ppo.main(args)
+
+    k = k or (4 if advantage in ppo.GROUP_BASELINES else 1)
+    for texts in asked:  # rollout_batch / k distinct prompts, k consecutive rows each
+        assert len(texts) == 4 and len(set(texts)) == 4 // k and texts == [t for t in texts[::k] for _ in range(k)]
+    ckpt = common.load_checkpoint(tiny_stages / "run" / "ckpt.pt")
+    assert ckpt["kind"] == "ppo_policy" and ("value_head" in ckpt) == (advantage == "gae")
+    common.load_policy(tiny_stages / "run" / "ckpt.pt")  # later stages load it as a policy
+    line = json.loads((tiny_stages / "run" / "metrics.jsonl").read_text().splitlines()[1])
+    assert ("loss/value" in line) == ("val/explained_variance" in line) == ("grad_norm/value" in line) == \
+           (advantage == "gae")
+    assert ("objective/equal_groups" in line) == (advantage in ppo.GROUP_BASELINES)
+    assert ("objective/scores" in line) == ("score" in summary) == (reward != "verifier")
+    assert ("objective/verifier" in line) == (reward != "rm")
+    assert -1 <= line.get("objective/verifier", 0) <= 1 and all(map(math.isfinite, line.values()))
+    # the score paid: the reward model's less the missing-EOT penalty (the penalty alone without one), plus half the
+    # verifier's; the rollout's reward is that less beta times the KL
+    rm = line.get("objective/scores", -ppo.Config.missing_eot_penalty * (1 - line["response/eot_rate"]))
+    paid = rm + 0.5 * line.get("objective/verifier", 0)
+    assert line["objective/rlhf_reward"] == pytest.approx(paid - line["objective/beta"] * line["objective/kl"], abs=1e-5)
+
+
+def test_every_estimators_policy_loss_is_the_clipped_surrogate_plus_its_kl_averaged_its_way():
+    logprobs, old = torch.tensor([[0.4, -0.7, 0.1, 0.3], [0.0, 0.2, -0.1, 5.0]]), torch.zeros(2, 4)
+    adv = torch.tensor([[1.0, -1.0, -1.0, 1.0], [2.0, 1.0, -0.5, 9.0]])
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]])
+    kl = 0.1 * ppo.kl_estimates(logprobs, old)[1]
+    per_token, clipped = ppo.clipped_surrogate(logprobs, old, adv, 0.2)
+    for how in ("token_mean", "sequence_mean", "constant"):
+        loss, clipfrac = ppo.ppo_policy_loss(logprobs, old, adv, mask, 0.2, how, 8, kl)
+        assert loss == ppo.aggregate(per_token + kl, mask, how, 8) and loss != ppo.aggregate(per_token, mask, how, 8)
+        assert clipfrac == ppo.aggregate(clipped, mask, "token_mean")  # a share of tokens, however the loss averages
+
+
+def test_verify_responses_reads_the_decoded_reply_and_the_penalty_comes_on_top(tiny_stages):
+    enc = load_tokenizer(str(tiny_stages / "tok.tiktoken"))
+    prompt_text = "\n\nHuman: What is 3 plus 4?\n\nAssistant:"
+    # right; wrong; right but cut off at the length limit (the longest row: the others are padded with end-of-text)
+    replies = [" 3 plus 4 is 7.", " 3 plus 4 is 8.", " 3 plus 4 is 7. 3 plus 4 is 7."]
+    rows = [enc.encode_ordinary(r) + [enc.eot_token] * (i < 2) for i, r in enumerate(replies)]
+    tokens, _ = common.pad(rows, enc.eot_token)
+    prompt, prompt_mask = common.pad([enc.encode_ordinary(prompt_text)] * 3, enc.eot_token, left=True)
+    verified = ppo.verify_responses([prompt_text] * 3, enc, prompt, prompt_mask, tokens,
+                                    response_mask(tokens, enc.eot_token))
+    torch.testing.assert_close(verified, torch.tensor([1.0, -1.0, -1.0]))
+    # without a reward model the score is the verifier's, and the unended reply pays the penalty on top of its -1: it
+    # ends below the wrong answer that ended
+    penalty = ppo.score_responses(None, prompt, prompt_mask, tokens, response_mask(tokens, enc.eot_token),
+                                  enc.eot_token, 1.0)
+    torch.testing.assert_close(penalty + verified, torch.tensor([1.0, -1.0, -2.0]))
+
+
+def test_a_group_method_resumes_where_it_stopped_and_only_as_itself(tiny_stages, monkeypatch):
+    grpo = ["--advantage", "grpo", "--samples_per_prompt", "2"]
+    ppo.main(tiny_ppo_args(tiny_stages, "straight") + grpo)
+    straight = common.load_checkpoint(tiny_stages / "straight" / "ckpt.pt")
+
+    real_save = common.save_checkpoint
+
+    def save_then_crash(path, obj):  # the process dies right after its first checkpoint (iteration 2 of 4)
+        real_save(path, obj)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(common, "save_checkpoint", save_then_crash)
+    with pytest.raises(KeyboardInterrupt):
+        ppo.main(tiny_ppo_args(tiny_stages, "interrupted") + grpo)
+    monkeypatch.setattr(common, "save_checkpoint", real_save)
+    with pytest.raises(SystemExit, match="trained without a value head: resume it with the --advantage it was trained"):
+        ppo.main(["--out_dir", str(tiny_stages / "interrupted"), "--resume", "--advantage", "gae",
+                  "--samples_per_prompt", "1"])
+    ppo.main(["--out_dir", str(tiny_stages / "interrupted"), "--resume"])
+    resumed = common.load_checkpoint(tiny_stages / "interrupted" / "ckpt.pt")
+    assert resumed["step"] == straight["step"] == 4 and "value_head" not in resumed
+    assert resumed["kl_coef"] == straight["kl_coef"] != ppo.Config.kl_coef
+    for k, v in straight["model"].items():
+        assert torch.equal(v, resumed["model"][k]), k
+
+
+class ScriptedGroups:
+    """Stands in for sampling: the j-th row of a prompt gets the j-th response scripted for it, whichever process asks."""
+
+    def __init__(self, responses):
+        self.responses = responses  # {(prompt ids, j): response row}
+
+    def generate(self, prompt, prompt_mask, max_new_tokens, eot_id, temperature, generator=None):
+        rows, seen = [], {}
+        for p, m in zip(prompt, prompt_mask):
+            key = tuple(p[m.bool()].tolist())
+            rows.append(self.responses[key, seen.get(key, 0)])
+            seen[key] = seen.get(key, 0) + 1
+        return torch.stack(rows), None
+
+
+def group_setup(advantage, k):
+    """tiny_setup without its value head, moved off the reference, with k samples of each of its first 8 / k prompts."""
+    agent, ref, cfg, prompts = tiny_setup()
+    agent = ppo.Policy(agent.gpt)
+    agent.gpt.lm_head.weight.data += 0.3 * torch.randn_like(agent.gpt.lm_head.weight)
+    cfg.advantage, cfg.samples_per_prompt = advantage, k
+    return agent, ref, cfg, prompts[:cfg.rollout_batch // k]
+
+
+def group_rollout_and_update(rank, world_size, port, out):
+    """One GRPO iteration, k = 2, one minibatch of all 8 rows: each process answers its share of the 4 prompts twice."""
+    if world_size > 1:
+        os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    rt = setup_runtime("cpu", seed=0)
+    agent, ref, cfg, prompts = group_setup("grpo", 2)
+    cfg.minibatch = cfg.rollout_batch
+    prompt, prompt_mask = common.pad([p for p in prompts for _ in range(2)], EOT, left=True)
+    tokens, _ = agent.gpt.generate(prompt, prompt_mask, cfg.max_new_tokens, EOT,
+                                   generator=torch.Generator().manual_seed(1))
+    agent.gpt.generate = ScriptedGroups({(tuple(p), j): tokens[2 * g + j] for g, p in enumerate(prompts)
+                                         for j in range(2)}).generate
+    mine = [p for p in prompts[rank::world_size] for _ in range(2)]  # as ppo.main shares them out
+    batch, stats = ppo.rollout(agent, ref, fake_reward_model, mine, 0.1, cfg, rt, EOT, None)
+    train_agent = common.distributed(agent, rt)
+    optimizer = torch.optim.Adam(agent.parameters(), lr=cfg.lr, eps=1e-5)
+    steps = ppo.ppo_update(agent, optimizer, batch, cfg, rt, train_agent, beta=0.1)
+    torch.save({"batch": batch, "stats": stats, "steps": steps, "weights": agent.state_dict()}, out / f"{rank}.pt")
+    common.leave_processes(rt)
+
+
+def test_two_processes_reproduce_a_group_method_in_one(tmp_path):
+    """
+    GRPO's groups, the k3 in its loss and its per-sequence mean, held by two gloo processes, two groups each: the
+    advantages, the statistics and the update are those of one process holding all four groups.
+    """
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    torch.multiprocessing.spawn(group_rollout_and_update, args=(2, port, tmp_path), nprocs=2)
+    (tmp_path / "one").mkdir()
+    group_rollout_and_update(0, 1, None, tmp_path / "one")
+    one = torch.load(tmp_path / "one" / "0.pt", weights_only=True)
+    two = [torch.load(tmp_path / f"{rank}.pt", weights_only=True) for rank in (0, 1)]
+    assert 0 < one["stats"]["objective/equal_groups"] < 1 and one["stats"]["objective/kl"] > 0.01
+    assert (one["batch"]["advantages"] != 0).any()
+    for rank in (0, 1):  # rank r holds groups r and r + 2: rows 2r, 2r + 1, 2r + 4, 2r + 5 of one process
+        rows = [2 * rank, 2 * rank + 1, 2 * rank + 4, 2 * rank + 5]
+        for name in ("advantages", "logprobs", "ref_logprobs", "mask"):
+            torch.testing.assert_close(two[rank]["batch"][name], one["batch"][name][rows], atol=1e-5, rtol=1e-5)
+        assert two[rank]["stats"].keys() == one["stats"].keys()
+        for k, v in one["stats"].items():
+            assert two[rank]["stats"][k] == pytest.approx(v, abs=1e-5), k
+        for step in (0, 1):
+            for k, v in one["steps"][step].items():
+                assert two[rank]["steps"][step][k] == pytest.approx(v, abs=1e-5), k
+        for k, v in one["weights"].items():
+            torch.testing.assert_close(two[rank]["weights"][k], v, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("advantage", ["rloo", "grpo", "dr_grpo"])
+def test_equal_rewards_in_every_group_give_no_advantage_and_a_finite_loss(advantage):
+    agent, ref, cfg, prompts = group_setup(advantage, 4)
+    cfg.missing_eot_penalty = 0.0  # the constant score alone, ended or not
+    rt = setup_runtime("cpu", seed=0)
+    constant = lambda ids, mask: torch.full((ids.size(0),), 0.3)
+    batch, stats = ppo.rollout(agent, ref, constant, [p for p in prompts for _ in range(4)], 0.0, cfg, rt, EOT,
+                               torch.Generator().manual_seed(0))
+    assert len(set(map(tuple, batch["tokens"].tolist()))) > 2  # the samples differ, their scores do not
+    assert stats["objective/equal_groups"] == 1.0 and (batch["advantages"] == 0).all()
+    before = {k: v.clone() for k, v in agent.state_dict().items()}
+    optimizer = torch.optim.Adam(agent.parameters(), lr=cfg.lr)
+    for s in ppo.ppo_update(agent, optimizer, batch, cfg, rt, beta=0.0):
+        assert s["loss/policy"] == 0 and s["grad_norm"] == 0 and all(map(math.isfinite, s.values()))
+    assert all(torch.equal(v, before[k]) for k, v in agent.state_dict().items())  # nothing learned, nothing broken
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--advantage", "grpo", "--samples_per_prompt", "1"], "--samples_per_prompt must be 2 or more, not 1"),
+    (["--advantage", "rloo", "--samples_per_prompt", "3"], "--rollout_batch 4 must be a multiple of --samples_per_prompt 3"),
+    (["--advantage", "reinforce_pp", "--samples_per_prompt", "0"], "--samples_per_prompt must be 1 or more, not 0"),
+    (["--samples_per_prompt", "2"], "--advantage gae answers each prompt once, not --samples_per_prompt 2"),
+    (["--minibatch", "3"], "--rollout_batch 4 must be a multiple of --minibatch 3"),
+    (["--advantage", "ppo"], "--advantage must be gae, rloo, grpo, dr_grpo or reinforce_pp, not 'ppo'"),
+    (["--reward", "gold"], "--reward must be rm, verifier or rm\\+verifier, not 'gold'"),
+    (["--reward", "verifier", "--prompts_file", "hh.jsonl"], "--reward verifier: the verifier checks the answers of the "
+                                                              "built-in task's prompts .*: use --reward rm"),
+])
+def test_impossible_settings_stop_with_one_line(tiny_stages, args, message):
+    (tiny_stages / "hh.jsonl").write_text(json.dumps({"prompt": "\n\nHuman: How do I bake bread?\n\nAssistant:"}) + "\n")
+    args = [str(tiny_stages / a) if a.endswith(".jsonl") else a for a in args]
+    with pytest.raises(SystemExit, match=message) as stop:
+        ppo.main(tiny_ppo_args(tiny_stages, "refused") + args)
+    assert "\n" not in str(stop.value)
+
+
+def test_a_prompts_group_stays_in_one_process(tiny_stages, monkeypatch):
+    two = lambda *a: common.Runtime(torch.device("cpu"), torch.float32, torch.amp.GradScaler("cpu", enabled=False),
+                                    rank=1, world_size=2)
+    monkeypatch.setattr(common, "setup_runtime", two)
+    with pytest.raises(SystemExit, match="and its 1 prompts one of the 2 processes: a prompt's replies in one process"):
+        ppo.main(tiny_ppo_args(tiny_stages, "two") + ["--advantage", "grpo"])
