@@ -484,6 +484,11 @@ def rollout(agent, ref, reward_model, prompt_ids, beta, cfg, rt, eot_id, generat
     stats.update({"objective/rlhf_reward": rewards.sum(1).mean(), "response/length": mask.sum(1).float().mean(),
                   "response/eot_rate": ended.float().mean()})
     stats = all_mean({name: v.item() for name, v in stats.items()}, rt.device)  # every process holds as many rows
+    if verified is not None:  # Dr. GRPO's finding: normalising by std and by length lets wrong replies grow long
+        wrong = (verified < 0).float()
+        total, count = all_sum(torch.stack([(mask.sum(1) * wrong).sum(), wrong.sum()])).tolist()
+        if count:
+            stats["response/wrong_length"] = total / count
     batch = {"prompt": prompt, "prompt_mask": prompt_mask, "tokens": tokens, "mask": mask, "logprobs": logprobs,
              "advantages": advantages}
     if cfg.advantage == "gae":  # the value loss's old values and targets

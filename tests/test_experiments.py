@@ -180,3 +180,31 @@ def test_seeds_reuses_the_base_run_for_its_seed(base):
         assert summary[metric]["n"] == 2 and summary[metric]["mean"] == pytest.approx(sum(values) / 2)
         assert summary[metric]["std"] == pytest.approx(abs(values[0] - values[1]) / math.sqrt(2))
     assert "seed 0: reused sft, label, reward" in stdout
+
+
+def test_critic_free_table_seeds_and_wrong_lengths(base):
+    stdout = run(base, "-m", "experiments.critic_free", "--tiny", "--seeds", "0", "1")
+    out = base / "out/experiments/critic_free"
+    rows = rows_of(out / "critic_free.jsonl")
+    runs = [r for r in rows if r["type"] == "run"]
+    best = next(r["advantage"] for r in rows if r["type"] == "best")
+    assert best == "grpo"  # the one critic-free estimator of the tiny table
+    # the table at the first seed, then PPO and the best one at the second, each alone and with the verifier
+    assert [(r["seed"], r["advantage"], r["reward"]) for r in runs] == [
+        (0, "gae", "rm"), (0, "gae", "rm+verifier"), (0, "grpo", "rm"), (0, "grpo", "rm+verifier"),
+        (1, "gae", "rm"), (1, "gae", "rm+verifier"), (1, "grpo", "rm"), (1, "grpo", "rm+verifier")]
+    for r in runs:
+        assert {"gold", "win_rate", "kl", "distinct", "arith/wrong", "sft_arith/wrong", "seconds_per_iteration",
+                "peak_mb"} <= r.keys() and r["peak_mb"] > 50
+        config = load_checkpoint(out / f"seed{r['seed']}/{r['advantage']}_{r['reward']}/ckpt.pt")["config"]
+        assert (config["advantage"], config["reward"], config["seed"]) == (r["advantage"], r["reward"], r["seed"])
+    # the second seed's SFT model and reward model were made where experiments/seeds.py keeps them
+    assert load_checkpoint(base / "out/experiments/seeds/seed1/reward/ckpt.pt")["config"]["seed"] == 1
+    assert load_checkpoint(out / "seed1/gae_rm/ckpt.pt")["config"]["sft_ckpt"] == \
+        "out/experiments/seeds/seed1/sft/ckpt.pt"
+    spread = {(r["advantage"], r["reward"], r["metric"]): r for r in rows if r["type"] == "seeds"}
+    golds = [r["gold"] for r in runs if (r["advantage"], r["reward"]) == ("grpo", "rm")]
+    assert spread["grpo", "rm", "gold"]["mean"] == pytest.approx(sum(golds) / 2)
+    lengths = {(r["advantage"], r["reward"]): r for r in rows if r["type"] == "wrong_length"}
+    assert list(lengths) == [("grpo", "rm+verifier")] and lengths["grpo", "rm+verifier"]["iterations"]
+    assert "best critic-free estimator with the reward model alone, at the first seed: grpo" in stdout
