@@ -59,7 +59,7 @@ class Config:
     advantage: str = "gae"  # gae (PPO: GAE with a value head), or without a critic rloo, grpo, dr_grpo or reinforce_pp
     samples_per_prompt: int | None = None  # k, replies sampled to each prompt; none: 4 for rloo, grpo and dr_grpo, 1 for gae and reinforce_pp (gae takes only 1)
     reward: str = "rm"  # rm (the reward model's score), verifier (the built-in task's answer check, data.world.verify) or rm+verifier
-    verifier_weight: float = 1.0  # the score is the reward model's (with rm+verifier; 0 with verifier) plus this times the verifier's
+    verifier_weight: float = 2.0  # the score is the reward model's (with rm+verifier; 0 with verifier) plus this times the verifier's (tuned on the validation prompts)
     rollout_batch: int = 64  # replies sampled per iteration: rollout_batch / samples_per_prompt prompts, each answered k times
     minibatch: int = 16  # replies per gradient step
     ppo_epochs: int = 2  # passes over each rollout batch

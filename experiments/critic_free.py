@@ -25,9 +25,11 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import ppo
+from common import load_checkpoint, parse_config
 from data import world
 from experiments.common import TINY_ARGS, experiment_main, needs
 from experiments.seeds import finished, stage_args
@@ -36,9 +38,9 @@ from report import final_metrics
 ROOT = Path(__file__).resolve().parent.parent
 ESTIMATORS = ("gae", "rloo", "grpo", "dr_grpo", "reinforce_pp")
 REWARDS = ("rm", "verifier", "rm+verifier")
+PER_KIND = ("gold", "win_rate", *world.LABELS)
 KEYS = ("gold", "win_rate", "win_rate_ci", "kl", "distinct", "length", "score", "sft_gold", "sft_distinct",
-        *(f"{kind}/{label}" for kind in world.KINDS for label in world.LABELS), *world.LABELS,
-        *(f"sft_{kind}/{label}" for kind in world.KINDS for label in world.LABELS))
+        *world.LABELS, *(f"{who}{kind}/{key}" for who in ("", "sft_") for kind in world.KINDS for key in PER_KIND))
 
 
 @dataclass
@@ -60,8 +62,8 @@ TINY = {"estimators": ("gae", "grpo"), "rewards": ("rm", "rm+verifier"), "seeds"
 
 def run_all(commands, jobs):
     """
-    Run chains of commands, --jobs chains at a time, each command a process with one CPU thread. Returns {the last
-    command of a chain: (seconds, peak resident memory in MB)} of every command.
+    Run chains of commands, --jobs chains at a time, each command a process with one CPU thread. Returns {command:
+    (seconds, peak resident memory in MB)} of every command, also written beside its log as run.json.
     """
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     pending, running, done = [list(chain) for chain in commands], {}, {}
@@ -81,8 +83,31 @@ def run_all(commands, jobs):
         if status != 0:
             raise SystemExit(f"{' '.join(map(str, command))} stopped: its output is in {log}")
         done[tuple(map(str, command))] = (time.time() - t0, usage.ru_maxrss / 1024)
+        Path(log).with_name("run.json").write_text(json.dumps({"command": list(map(str, command)),
+                                                                "seconds_and_mb": done[tuple(map(str, command))]}))
         if chain[1:]:
             pending.insert(0, chain[1:])
+    return done
+
+
+def measured(command, log):
+    """
+    (seconds, MB) of an earlier ppo.py run that finished with the very config this command gives today (its flags,
+    and ppo.py's defaults for the rest), from its run.json; else None.
+    """
+    record = Path(log).with_name("run.json")
+    if not record.exists() or final_metrics(record.parent) is None:
+        return None
+    ran = load_checkpoint(record.parent / "ckpt.pt")["config"]
+    return tuple(json.loads(record.read_text())["seconds_and_mb"]) \
+        if ran == asdict(parse_config(ppo.Config, list(map(str, command[1:])))[0]) else None
+
+
+def run_missing(commands, jobs):
+    """run_all for the ppo.py commands that have not finished before as they would run now: an interrupted
+    experiment goes on where it stopped, and one whose settings changed runs again what they change."""
+    done = {tuple(map(str, c)): measured(c, log) for c, log in commands}
+    done.update(run_all([[(c, log)] for c, log in commands if done[tuple(map(str, c))] is None], jobs))
     return done
 
 
@@ -118,7 +143,8 @@ def run(cfg, bar):
     table = [(first, a, r) for a in cfg.estimators for r in cfg.rewards]
     bar.total = len(table) + sum(map(len, chains))
     commands = {key: ppo_command(cfg, key[0], key[1], key[2], *ckpts(key[0]), eval_prompts) for key in table}
-    times = run_all([[c] for c in commands.values()] + chains, cfg.jobs)
+    run_all(chains, cfg.jobs)
+    times = run_missing(list(commands.values()), cfg.jobs)
     bar.update(len(table) + sum(map(len, chains)))
     rows = [row(final_metrics(Path(commands[key][1]).parent), *times[tuple(map(str, commands[key][0]))], *key)
             for key in table]
@@ -129,7 +155,7 @@ def run(cfg, bar):
                 if a in cfg.estimators and r in cfg.rewards]
     commands = {key: ppo_command(cfg, key[0], key[1], key[2], *ckpts(key[0]), eval_prompts) for key in repeated}
     bar.total += len(repeated)
-    times = run_all([[c] for c in commands.values()], cfg.jobs)
+    times = run_missing(list(commands.values()), cfg.jobs)
     bar.update(len(repeated))
     rows += [row(final_metrics(Path(commands[key][1]).parent), *times[tuple(map(str, commands[key][0]))], *key)
              for key in repeated]
@@ -143,7 +169,7 @@ def run(cfg, bar):
                     rows.append({"type": "seeds", "advantage": advantage, "reward": reward, "metric": name,
                                  "n": len(values), "mean": statistics.mean(values), "std": statistics.stdev(values)})
     for advantage in ("grpo", "dr_grpo"):
-        for reward in ("verifier", "rm+verifier"):
+        for reward in [r for r in ("verifier", "rm+verifier") if r in cfg.rewards]:
             metrics = Path(cfg.out_dir, f"seed{first}", f"{advantage}_{reward}", "metrics.jsonl")
             if metrics.exists():
                 lines = [json.loads(line) for line in metrics.read_text().splitlines()]

@@ -208,3 +208,10 @@ def test_critic_free_table_seeds_and_wrong_lengths(base):
     lengths = {(r["advantage"], r["reward"]): r for r in rows if r["type"] == "wrong_length"}
     assert list(lengths) == [("grpo", "rm+verifier")] and lengths["grpo", "rm+verifier"]["iterations"]
     assert "best critic-free estimator with the reward model alone, at the first seed: grpo" in stdout
+    # run again, it reuses every run that finished with the config it would run now, and reruns what a flag changed
+    written = (out / "seed0/gae_rm/ckpt.pt").stat().st_mtime
+    run(base, "-m", "experiments.critic_free", "--tiny", "--seeds", "0", "--rewards", "rm")
+    rows = rows_of(out / "critic_free.jsonl")
+    assert [(r["advantage"], r["reward"]) for r in rows if r["type"] == "run"] == [("gae", "rm"), ("grpo", "rm")]
+    assert rows[0]["seconds"] == runs[0]["seconds"] and (out / "seed0/gae_rm/ckpt.pt").stat().st_mtime == written
+    assert not any(r["type"] == "wrong_length" for r in rows)  # no verifier among the rewards run
