@@ -293,7 +293,8 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=7, help="timed steps per measurement, after the warm-up")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps before them")
     parser.add_argument("--threads", type=int, default=0,
-                        help="CPU threads; 0: as every stage runs, one unless OMP_NUM_THREADS says otherwise")
+                        help="CPU threads, as OMP_NUM_THREADS sets them; 0: as every stage chooses them, from the "
+                             "cores free at the start (common.set_cpu_threads)")
     parser.add_argument("--quick", action="store_true", help="tiny shapes, one step each: checks that it all runs")
     args = parser.parse_args(argv)
     w = dict(WORKLOADS[args.workload])
@@ -303,9 +304,9 @@ def main(argv=None):
     if w["device"] == "cuda" and not torch.cuda.is_available():
         raise SystemExit(f"bench.py {args.workload} needs a CUDA GPU, and torch sees none "
                          f"(torch {torch.__version__}); on a CPU run: python bench.py small")
-    rt = setup_runtime(w["device"], w["dtype"], seed=0)
     if args.threads:
-        torch.set_num_threads(args.threads)
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)  # for setup_runtime, which sets and reports the threads
+    rt = setup_runtime(w["device"], w["dtype"], seed=0)
     about = machine(rt)
     timer = Timer(rt, args.warmup, args.steps, w["matmul"])
     peak = next((flops for name, flops in PEAK_FLOPS if name in about["device"]), None)
