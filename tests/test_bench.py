@@ -77,3 +77,18 @@ def test_threads_are_the_cores_free_at_the_start(monkeypatch, capsys):
         assert torch.get_num_threads() == 3 and capsys.readouterr().err == "cpu threads: 3 (OMP_NUM_THREADS)\n"
     finally:
         torch.set_num_threads(1)  # as conftest set it
+
+
+@pytest.mark.parametrize("installed", [True, False])
+def test_sampling_is_compared_with_hugging_face_where_transformers_is_installed(installed, monkeypatch, capsys):
+    if installed:
+        pytest.importorskip("transformers")
+    else:
+        monkeypatch.setitem(sys.modules, "transformers", None)  # import fails, as where it is not installed
+    w = {**bench.WORKLOADS["small"], **bench.QUICK}
+    [record] = bench.sampling(w, bench.Timer(common.setup_runtime("cpu", "float32"), 1, 1, 8))
+    if installed:
+        assert record["speedup_over_hf"] == pytest.approx(record["value"] / record["hf_tokens_per_s"])
+    else:
+        assert "hf_tokens_per_s" not in record
+        assert "since transformers is not installed" in capsys.readouterr().err
