@@ -161,7 +161,11 @@ def sft_step(w, timer):
 
 
 def sampling(w, timer, shape=None, temperature=1.0, name="sampling"):
-    """Generated tokens/s with the KV cache; every row runs to full length (its end-of-text id is never sampled)."""
+    """
+    Generated tokens/s with the KV cache; every row runs to full length (its end-of-text id is never sampled). Where
+    transformers is installed, Hugging Face's GPT2LMHeadModel.generate of a model of the same shape runs right after
+    on the same prompts: the reference the issue holds our decode loop to (twice as fast).
+    """
     cfg, (n, length, new), rt = w["model"], shape or w["sampling"], timer.rt
     model = frozen(GPT(cfg).to(rt.device))
     g = torch.Generator(rt.device).manual_seed(0)
@@ -172,7 +176,37 @@ def sampling(w, timer, shape=None, temperature=1.0, name="sampling"):
             model.generate(idx, torch.ones_like(idx), new, eot_id=cfg.vocab_size, temperature=temperature, generator=g)
 
     t = statistics.median(s for s, _ in timer(run))
-    return [{"name": name, "value": n * new / t, "unit": "tokens/s", "step_s": t, "shape": [n, length, new]}]
+    record = {"name": name, "value": n * new / t, "unit": "tokens/s", "step_s": t, "shape": [n, length, new]}
+    hf = hf_generate(cfg, idx, new, temperature)
+    if hf is None:
+        tqdm.write(f"{name}: not compared with Hugging Face's generate, since transformers is not installed",
+                   file=sys.stderr)
+        return [record]
+
+    def run_hf():
+        with rt.autocast():
+            hf()
+
+    t_hf = statistics.median(s for s, _ in timer(run_hf))
+    return [{**record, "hf_tokens_per_s": n * new / t_hf, "speedup_over_hf": t_hf / t}]
+
+
+def hf_generate(cfg, idx, new, temperature):
+    """
+    Hugging Face's sampling of new tokens after idx from a GPT-2 of cfg's shape with random weights, as a function;
+    None where transformers is not installed. Like ours, it samples from the whole distribution (generate's
+    default keeps the top 50) and, with no end-of-text id, runs every row to full length.
+    """
+    try:
+        from transformers import GPT2Config, GPT2LMHeadModel
+    except ImportError:
+        return None
+    hf = frozen(GPT2LMHeadModel(GPT2Config(n_positions=cfg.block_size, vocab_size=cfg.vocab_size, n_layer=cfg.n_layer,
+                                           n_head=cfg.n_head, n_embd=cfg.n_embd, bos_token_id=None,
+                                           eos_token_id=None)).to(idx.device))
+    mask = torch.ones_like(idx)
+    return lambda: hf.generate(idx, attention_mask=mask, do_sample=True, max_new_tokens=new, top_k=0,
+                               temperature=temperature)
 
 
 def dpo_steps(w, timer):
@@ -293,7 +327,8 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=7, help="timed steps per measurement, after the warm-up")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps before them")
     parser.add_argument("--threads", type=int, default=0,
-                        help="CPU threads; 0: as every stage runs, one unless OMP_NUM_THREADS says otherwise")
+                        help="CPU threads, as OMP_NUM_THREADS sets them; 0: as every stage chooses them, from the "
+                             "cores free at the start (common.set_cpu_threads)")
     parser.add_argument("--quick", action="store_true", help="tiny shapes, one step each: checks that it all runs")
     args = parser.parse_args(argv)
     w = dict(WORKLOADS[args.workload])
@@ -303,9 +338,9 @@ def main(argv=None):
     if w["device"] == "cuda" and not torch.cuda.is_available():
         raise SystemExit(f"bench.py {args.workload} needs a CUDA GPU, and torch sees none "
                          f"(torch {torch.__version__}); on a CPU run: python bench.py small")
-    rt = setup_runtime(w["device"], w["dtype"], seed=0)
     if args.threads:
-        torch.set_num_threads(args.threads)
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)  # for setup_runtime, which sets and reports the threads
+    rt = setup_runtime(w["device"], w["dtype"], seed=0)
     about = machine(rt)
     timer = Timer(rt, args.warmup, args.steps, w["matmul"])
     peak = next((flops for name, flops in PEAK_FLOPS if name in about["device"]), None)

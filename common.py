@@ -144,16 +144,26 @@ class Runtime:
 
 def set_cpu_threads():
     """
-    One CPU thread for torch, unless OMP_NUM_THREADS asks for another number. torch's default, a thread per
-    core, makes every operation wait until the OS has run each of its threads; once other jobs share the cores
-    that wait dominates the small operations of small models. On 2 cores with other jobs running (load 8-10),
-    two threads against one took 2-8x as long for an SFT step of the default model, 7-12x for its sampling,
-    1.6-4x for an SFT step of bench.py's small model, and up to 300x for tiny ones. A fixed number, rather than
-    one chosen from the machine's load, also keeps a seeded run reproducible: a sum split over two threads rounds
-    differently from one. On free cores, a larger model gains from more: OMP_NUM_THREADS=<cores>.
+    As many torch threads as there are cores free when the run starts: the cores this process may use less the
+    1-minute load average (the jobs already running), rounded, at least one. OMP_NUM_THREADS, when set, decides
+    instead; torchrun sets it to 1 for each of several processes unless it is set already. The choice and its
+    reason go to stderr, which keeps bench.py's stdout JSON.
+    Not torch's default, a thread per core: every operation waits until the OS has run each of its threads, and
+    once other jobs share the cores that wait dominates the small operations of small models (on 2 busy cores, two
+    threads against one took 2-8x as long for an SFT step of the default model, 7-12x for its sampling, up to 300x
+    for tiny ones). The load average trails the machine by about a minute: a job that started just before counts
+    only in part, one that just ended still counts. A seeded run repeats exactly at the same thread count, but a
+    sum split over two threads rounds differently from one: to repeat a run where the load differs, set
+    OMP_NUM_THREADS.
     """
-    if "OMP_NUM_THREADS" not in os.environ:
-        torch.set_num_threads(1)
+    if "OMP_NUM_THREADS" in os.environ:
+        n, why = int(os.environ["OMP_NUM_THREADS"]), "OMP_NUM_THREADS"
+    else:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()  # not on macOS
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0  # Windows reports no load
+        n, why = max(1, round(cores - load)), f"{cores} cores, load {load:.1f}"
+    torch.set_num_threads(n)
+    print(f"cpu threads: {n} ({why})", file=sys.stderr)
 
 
 def setup_runtime(device="auto", dtype="auto", seed=0):

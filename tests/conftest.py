@@ -1,3 +1,4 @@
+import os
 import sys
 from pathlib import Path
 
@@ -6,4 +7,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import common  # noqa: E402
 
-common.set_cpu_threads()  # the tests' models are tiny: one thread, as every stage runs by default
+# one thread here and in every process a test starts: the tests' models are tiny, and a run and the run it is
+# compared with (resumed, under torchrun) must split their sums alike, whatever the machine's load
+os.environ["OMP_NUM_THREADS"] = "1"
+common.set_cpu_threads()

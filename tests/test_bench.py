@@ -1,5 +1,6 @@
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -8,6 +9,7 @@ import pytest
 import torch
 
 import bench
+import common
 from model import GPT, GPTConfig
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -19,13 +21,14 @@ def test_quick_small_through_the_command_line():
                          timeout=300, env=env)
     assert out.returncode == 0, out.stderr
     records = [json.loads(line) for line in out.stdout.splitlines()]
+    chosen = re.search(r"cpu threads: (\d+) \(\d+ cores, load [\d.]+\)", out.stderr)  # common.set_cpu_threads
     assert [r["name"] for r in records] == ["matmul", "sft_step", "sampling", "dpo_step", "dpo_step_ref_each_step",
                                             "reward_step", "ppo_iteration", "ppo_generation", "ppo_scoring",
                                             "ppo_update"]
     for r in records:
         assert r["value"] > 0 and r["unit"] and r["workload"] == "small --quick"
         assert set(r["machine"]) == {"cpu", "cores", "torch", "threads", "device"}
-        assert r["machine"]["threads"] == 1 and r["machine"]["device"] == "cpu"  # common.set_cpu_threads
+        assert r["machine"]["threads"] == int(chosen[1]) and r["machine"]["device"] == "cpu"
     steps = [r for r in records if "matmul_share" in r]
     assert [r["name"] for r in steps] == ["sft_step", "dpo_step", "dpo_step_ref_each_step", "reward_step", "ppo_update"]
     assert all(r["matmul_share"] > 0 and r["model_gflop_per_s"] > 0 for r in steps)
@@ -57,3 +60,35 @@ def test_generation_without_cache_samples_what_generate_samples():
     cached, _ = model.generate(idx, mask, 8, eot_id=50, temperature=0.7, generator=torch.Generator().manual_seed(1))
     recomputed = bench.generate_without_cache(model, idx, mask, 8, 0.7, torch.Generator().manual_seed(1))
     assert torch.equal(cached, recomputed)
+
+
+def test_threads_are_the_cores_free_at_the_start(monkeypatch, capsys):
+    """common.set_cpu_threads: the cores less the 1-minute load average, rounded, at least one; else OMP_NUM_THREADS."""
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    try:
+        for load, threads in [(0.2, 4), (1.6, 2), (3.7, 1), (9.0, 1)]:
+            monkeypatch.setattr(os, "getloadavg", lambda: (load, 0.0, 0.0))
+            common.set_cpu_threads()
+            assert torch.get_num_threads() == threads
+            assert capsys.readouterr().err == f"cpu threads: {threads} (4 cores, load {load:.1f})\n"
+        monkeypatch.setenv("OMP_NUM_THREADS", "3")
+        common.set_cpu_threads()
+        assert torch.get_num_threads() == 3 and capsys.readouterr().err == "cpu threads: 3 (OMP_NUM_THREADS)\n"
+    finally:
+        torch.set_num_threads(1)  # as conftest set it
+
+
+@pytest.mark.parametrize("installed", [True, False])
+def test_sampling_is_compared_with_hugging_face_where_transformers_is_installed(installed, monkeypatch, capsys):
+    if installed:
+        pytest.importorskip("transformers")
+    else:
+        monkeypatch.setitem(sys.modules, "transformers", None)  # import fails, as where it is not installed
+    w = {**bench.WORKLOADS["small"], **bench.QUICK}
+    [record] = bench.sampling(w, bench.Timer(common.setup_runtime("cpu", "float32"), 1, 1, 8))
+    if installed:
+        assert record["speedup_over_hf"] == pytest.approx(record["value"] / record["hf_tokens_per_s"])
+    else:
+        assert "hf_tokens_per_s" not in record
+        assert "since transformers is not installed" in capsys.readouterr().err

@@ -280,3 +280,40 @@ def test_sample_token_follows_the_distribution():
     one_hot = torch.zeros(3, 5)
     one_hot[:, [0, 2, 4]] = torch.eye(3)  # the tail of the cumulative sum is flat on either side
     assert sample_token(one_hot, torch.Generator().manual_seed(0)).tolist() == [0, 2, 4]
+
+
+def plain_sampling(model, rows, n, eot, temperature, top_k, top_p, generator):
+    """
+    Sampling as simply as it can be written: the whole sequence through the model for every new token, and
+    sample_token's one uniform draw per row spelled out, so that a change to the random numbers shows too.
+    """
+    idx, mask = left_pad(rows)
+    done = torch.zeros(len(rows), dtype=torch.bool)
+    toks, logps = [], []
+    for _ in range(n):
+        logits = model(idx, mask)[:, -1] / temperature
+        cdf = F.softmax(filter_logits(logits, top_k, top_p), -1).cumsum(-1)
+        u = torch.rand(len(rows), 1, generator=generator) * cdf[:, -1:]
+        nxt = torch.where(done, eot, torch.searchsorted(cdf, u, right=True).squeeze(1))
+        toks.append(nxt)
+        logps.append(torch.where(done, 0.0, F.log_softmax(logits, -1).gather(1, nxt[:, None]).squeeze(1)))
+        done |= nxt == eot
+        if done.all():
+            break
+        idx = torch.cat([idx, nxt[:, None]], 1)
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
+    return torch.stack(toks, 1), torch.stack(logps, 1)
+
+
+@pytest.mark.parametrize("temperature, top_k, top_p", [(1.0, None, None), (0.7, 5, None), (1.3, None, 0.9)])
+@pytest.mark.parametrize("eot", [49, 7])
+def test_sampled_tokens_are_those_of_plain_sampling(temperature, top_k, top_p, eot):
+    """The KV cache and the left padding change no sampled token for a seed, and no draw of the generator."""
+    for seed in range(5):
+        model = tiny(seed)
+        idx, mask = left_pad(ROWS)
+        toks, logps = model.generate(idx, mask, 15, eot, temperature, top_k, top_p, torch.Generator().manual_seed(seed))
+        ref_toks, ref_logps = plain_sampling(model, ROWS, 15, eot, temperature, top_k, top_p,
+                                             torch.Generator().manual_seed(seed))
+        assert torch.equal(toks, ref_toks)
+        torch.testing.assert_close(logps, ref_logps, atol=1e-5, rtol=1e-5)
