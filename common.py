@@ -15,6 +15,7 @@ import os
 import random
 import sys
 import textwrap
+import time
 import tokenize
 import types
 import typing
@@ -142,26 +143,44 @@ class Runtime:
         return torch.autocast(self.device.type, dtype=self.dtype)
 
 
+def busy_cores(seconds=0.25):
+    """
+    How many cores other jobs keep busy right now: the machine's share of non-idle time over a quarter of a second
+    (Linux's /proc/stat), times its cores. Elsewhere the 1-minute load average, which trails the machine by about a
+    minute: the stage that just ended would still count, and the one after it would take fewer threads than are free.
+    """
+    def ticks():
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]  # the first line: all cores together
+        return sum(fields), fields[3] + fields[4]  # all time, and idle or waiting on I/O
+
+    try:
+        total0, idle0 = ticks()
+        time.sleep(seconds)
+        total1, idle1 = ticks()
+    except OSError:
+        return os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0  # Windows reports no load
+    return os.cpu_count() * (1 - (idle1 - idle0) / max(1, total1 - total0))
+
+
 def set_cpu_threads():
     """
-    As many torch threads as there are cores free when the run starts: the cores this process may use less the
-    1-minute load average (the jobs already running), rounded, at least one. OMP_NUM_THREADS, when set, decides
-    instead; torchrun sets it to 1 for each of several processes unless it is set already. The choice and its
-    reason go to stderr, which keeps bench.py's stdout JSON.
+    As many torch threads as there are cores free when the run starts: the cores this process may use less those
+    other jobs keep busy (busy_cores), rounded, at least one. OMP_NUM_THREADS, when set, decides instead; torchrun
+    sets it to 1 for each of several processes unless it is set already. The choice and its reason go to stderr,
+    which keeps bench.py's stdout JSON.
     Not torch's default, a thread per core: every operation waits until the OS has run each of its threads, and
     once other jobs share the cores that wait dominates the small operations of small models (on 2 busy cores, two
     threads against one took 2-8x as long for an SFT step of the default model, 7-12x for its sampling, up to 300x
-    for tiny ones). The load average trails the machine by about a minute: a job that started just before counts
-    only in part, one that just ended still counts. A seeded run repeats exactly at the same thread count, but a
-    sum split over two threads rounds differently from one: to repeat a run where the load differs, set
-    OMP_NUM_THREADS.
+    for tiny ones). A seeded run repeats exactly at the same thread count, but a sum split over two threads rounds
+    differently from one: to repeat a run where the load differs, set OMP_NUM_THREADS.
     """
     if "OMP_NUM_THREADS" in os.environ:
         n, why = int(os.environ["OMP_NUM_THREADS"]), "OMP_NUM_THREADS"
     else:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()  # not on macOS
-        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0  # Windows reports no load
-        n, why = max(1, round(cores - load)), f"{cores} cores, load {load:.1f}"
+        busy = busy_cores()
+        n, why = max(1, round(cores - busy)), f"{cores} cores, {busy:.1f} busy"
     torch.set_num_threads(n)
     print(f"cpu threads: {n} ({why})", file=sys.stderr)
 

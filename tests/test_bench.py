@@ -3,6 +3,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -21,7 +22,7 @@ def test_quick_small_through_the_command_line():
                          timeout=300, env=env)
     assert out.returncode == 0, out.stderr
     records = [json.loads(line) for line in out.stdout.splitlines()]
-    chosen = re.search(r"cpu threads: (\d+) \(\d+ cores, load [\d.]+\)", out.stderr)  # common.set_cpu_threads
+    chosen = re.search(r"cpu threads: (\d+) \(\d+ cores, [\d.]+ busy\)", out.stderr)  # common.set_cpu_threads
     assert [r["name"] for r in records] == ["matmul", "sft_step", "sampling", "dpo_step", "dpo_step_ref_each_step",
                                             "reward_step", "ppo_iteration", "ppo_generation", "ppo_scoring",
                                             "ppo_update"]
@@ -63,15 +64,15 @@ def test_generation_without_cache_samples_what_generate_samples():
 
 
 def test_threads_are_the_cores_free_at_the_start(monkeypatch, capsys):
-    """common.set_cpu_threads: the cores less the 1-minute load average, rounded, at least one; else OMP_NUM_THREADS."""
+    """common.set_cpu_threads: the cores less those busy now, rounded, at least one; else OMP_NUM_THREADS."""
     monkeypatch.delenv("OMP_NUM_THREADS")
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
     try:
-        for load, threads in [(0.2, 4), (1.6, 2), (3.7, 1), (9.0, 1)]:
-            monkeypatch.setattr(os, "getloadavg", lambda: (load, 0.0, 0.0))
+        for busy, threads in [(0.2, 4), (1.6, 2), (3.7, 1), (9.0, 1)]:
+            monkeypatch.setattr(common, "busy_cores", lambda: busy)
             common.set_cpu_threads()
             assert torch.get_num_threads() == threads
-            assert capsys.readouterr().err == f"cpu threads: {threads} (4 cores, load {load:.1f})\n"
+            assert capsys.readouterr().err == f"cpu threads: {threads} (4 cores, {busy:.1f} busy)\n"
         monkeypatch.setenv("OMP_NUM_THREADS", "3")
         common.set_cpu_threads()
         assert torch.get_num_threads() == 3 and capsys.readouterr().err == "cpu threads: 3 (OMP_NUM_THREADS)\n"
@@ -92,3 +93,17 @@ def test_sampling_is_compared_with_hugging_face_where_transformers_is_installed(
     else:
         assert "hf_tokens_per_s" not in record
         assert "since transformers is not installed" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not Path("/proc/stat").exists(), reason="reads Linux's /proc/stat")
+def test_busy_cores_sees_a_job_that_just_started(tmp_path):
+    """A spinning process counts at once, where the 1-minute load average would take a minute to show it."""
+    idle = common.busy_cores()
+    if idle > os.cpu_count() - 1:
+        pytest.skip("no free core for the spinning process to show on")
+    spinner = subprocess.Popen([sys.executable, "-c", "import time\nt = time.time()\nwhile time.time() - t < 3: pass"])
+    try:
+        time.sleep(0.5)
+        assert common.busy_cores() > idle + 0.5
+    finally:
+        spinner.wait()
