@@ -164,7 +164,7 @@ def sampling(w, timer, shape=None, temperature=1.0, name="sampling"):
     """
     Generated tokens/s with the KV cache; every row runs to full length (its end-of-text id is never sampled). Where
     transformers is installed, Hugging Face's GPT2LMHeadModel.generate of a model of the same shape runs right after
-    on the same prompts: the reference the issue holds our decode loop to (twice as fast).
+    on the same prompts, as the yardstick for our decode loop.
     """
     cfg, (n, length, new), rt = w["model"], shape or w["sampling"], timer.rt
     model = frozen(GPT(cfg).to(rt.device))
