@@ -3,13 +3,13 @@
 #
 #   bash recipes/builtin_cpu.sh             # from the repository root
 #
-# Measured on a 2-core cloud VM (AMD EPYC), one thread per stage (the default), seed 0; see the README for the
-# numbers and their spread over seeds:
+# Measured on a 2-core cloud VM (Intel Xeon), otherwise idle, seed 0; see the README for the numbers and their
+# spread over seeds:
 #   memory:    under 1 GB (a 1M-parameter GPT, 4 layers, width 128, context 128).
-#   wall time: 11 to 14 minutes: 13 min 31 s (SFT 6:27, labels 1:37, reward model 1:51, PPO 1:54, DPO 1:39) and
-#              10 min 46 s in two runs on the same otherwise idle VM.
-#   numbers:   out/report.md; on the 256 held-out prompts PPO beats SFT 68% of the time and DPO 64% by the
-#              gold judge, with their per-kind breakdown and samples beside it.
+#   wall time: 6 min 1 s with the two threads each stage takes on two free cores (SFT 2:48, labels 0:43, reward
+#              model 0:45, PPO 0:56, DPO 0:47); 9 min 57 s with OMP_NUM_THREADS=1, back to back.
+#   numbers:   out/report.md; on the 256 held-out prompts, with one thread, PPO beats SFT 60% of the time and DPO
+#              64.5% by the gold judge (73% and 69% with two threads), with their per-kind breakdown and samples.
 #
 # Settings: tuned on the built-in task's validation prompts (out/data/val_prompts.jsonl), each stage's default.
 set -euo pipefail
