@@ -8,7 +8,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import common
 import dpo
 from common import batch_at, load_policy, save_checkpoint, setup_runtime
 from dpo import all_pair_logps, dpo_loss, pair_logps, sequence_logps
@@ -239,21 +238,13 @@ def test_loss_at_step_0_is_ln2_even_after_sft_with_dropout(workdir, tmp_path):
     assert first["rewards/margins"] == 0 and first["loss"] == pytest.approx(math.log(2), abs=1e-6)
 
 
-def test_resume_after_interruption_gives_the_same_weights(workdir, monkeypatch):
+def test_resume_after_interruption_gives_the_same_weights(workdir, monkeypatch, killed_at_first_checkpoint):
     monkeypatch.chdir(workdir)
     dpo.main(TINY + ["--out_dir", "out/straight"])
     straight = torch.load(workdir / "out" / "straight" / "ckpt.pt", weights_only=True)
 
-    real_save = common.save_checkpoint
-
-    def save_then_crash(path, obj):  # the process dies right after its first checkpoint (step 2 of 4)
-        real_save(path, obj)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(common, "save_checkpoint", save_then_crash)
-    with pytest.raises(KeyboardInterrupt):
+    with killed_at_first_checkpoint():  # the process dies right after its first checkpoint (step 2 of 4)
         dpo.main(TINY + ["--out_dir", "out/interrupted"])
-    monkeypatch.setattr(common, "save_checkpoint", real_save)
     dpo.main(["--out_dir", "out/interrupted", "--resume"])
     resumed = torch.load(workdir / "out" / "interrupted" / "ckpt.pt", weights_only=True)
 

@@ -399,21 +399,13 @@ def tiny_ppo_args(d, out):
             "--lr", "1e-2", "--adaptive_kl", "--kl_target", "0.1", "--kl_horizon", "16"]
 
 
-def test_resume_after_interruption_gives_the_same_weights(tiny_stages, monkeypatch):
+def test_resume_after_interruption_gives_the_same_weights(tiny_stages, killed_at_first_checkpoint):
     ppo.main(tiny_ppo_args(tiny_stages, "straight"))
     straight = common.load_checkpoint(tiny_stages / "straight" / "ckpt.pt")
 
-    real_save = common.save_checkpoint
-
-    def save_then_crash(path, obj):  # the process dies right after its first checkpoint (iteration 2 of 4)
-        real_save(path, obj)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(common, "save_checkpoint", save_then_crash)
-    with pytest.raises(KeyboardInterrupt):
+    with killed_at_first_checkpoint():  # the process dies right after its first checkpoint (iteration 2 of 4)
         ppo.main(tiny_ppo_args(tiny_stages, "interrupted"))
     assert common.load_checkpoint(tiny_stages / "interrupted" / "ckpt.pt")["step"] == 2
-    monkeypatch.setattr(common, "save_checkpoint", real_save)
     ppo.main(["--out_dir", str(tiny_stages / "interrupted"), "--resume"])
     resumed = common.load_checkpoint(tiny_stages / "interrupted" / "ckpt.pt")
 
@@ -733,21 +725,13 @@ def test_verify_responses_reads_the_decoded_reply_and_the_penalty_comes_on_top(t
     torch.testing.assert_close(penalty + verified, torch.tensor([1.0, -1.0, -2.0]))
 
 
-def test_a_group_method_resumes_where_it_stopped_and_only_as_itself(tiny_stages, monkeypatch):
+def test_a_group_method_resumes_where_it_stopped_and_only_as_itself(tiny_stages, killed_at_first_checkpoint):
     grpo = ["--advantage", "grpo", "--samples_per_prompt", "2"]
     ppo.main(tiny_ppo_args(tiny_stages, "straight") + grpo)
     straight = common.load_checkpoint(tiny_stages / "straight" / "ckpt.pt")
 
-    real_save = common.save_checkpoint
-
-    def save_then_crash(path, obj):  # the process dies right after its first checkpoint (iteration 2 of 4)
-        real_save(path, obj)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(common, "save_checkpoint", save_then_crash)
-    with pytest.raises(KeyboardInterrupt):
+    with killed_at_first_checkpoint():  # the process dies right after its first checkpoint (iteration 2 of 4)
         ppo.main(tiny_ppo_args(tiny_stages, "interrupted") + grpo)
-    monkeypatch.setattr(common, "save_checkpoint", real_save)
     with pytest.raises(SystemExit, match="trained without a value head: resume it with the --advantage it was trained"):
         ppo.main(["--out_dir", str(tiny_stages / "interrupted"), "--resume", "--advantage", "gae",
                   "--samples_per_prompt", "1"])

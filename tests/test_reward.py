@@ -140,19 +140,11 @@ def test_normalised_reward_scores_sft_samples_at_mean_zero_and_std_one(tiny_task
     assert ckpt["model_config"]["dropout"] == 0.0 and ckpt["step"] == 8
 
 
-def test_resume_after_interruption_gives_the_same_weights(tiny_task, monkeypatch):
+def test_resume_after_interruption_gives_the_same_weights(tiny_task, killed_at_first_checkpoint):
     reward.main(tiny_args(tiny_task, "straight"))
     straight = common.load_checkpoint(tiny_task / "straight" / "ckpt.pt")
-    real_save = common.save_checkpoint
-
-    def save_then_crash(path, obj):  # the process dies right after its first checkpoint (step 4 of 8)
-        real_save(path, obj)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(common, "save_checkpoint", save_then_crash)
-    with pytest.raises(KeyboardInterrupt):
+    with killed_at_first_checkpoint():  # the process dies right after its first checkpoint (step 4 of 8)
         reward.main(tiny_args(tiny_task, "interrupted"))
-    monkeypatch.setattr(common, "save_checkpoint", real_save)
     reward.main(["--out_dir", str(tiny_task / "interrupted"), "--resume"])
     resumed = common.load_checkpoint(tiny_task / "interrupted" / "ckpt.pt")
     for k, v in straight["model"].items():
