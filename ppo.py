@@ -172,6 +172,18 @@ def kl_estimates(logprobs, ref_logprobs):
     return k1, torch.expm1(-k1) + k1
 
 
+def kl_k2(logprobs, ref_logprobs):
+    """
+    A third per-token estimate (Schulman's k2), the one to put in a loss rather than a reward:
+        k2 = 0.5 * (log pi(x) - log pi_ref(x))^2
+    Its value is near the KL only while pi is near pi_ref, but its gradient (log pi - log pi_ref) grad log pi
+    averages over samples of pi to exactly grad KL(pi || pi_ref). In a loss, k1's gradient grad log pi averages to 0,
+    and k3's, (1 - pi_ref / pi) grad log pi, to grad KL(pi_ref || pi), the reverse KL (tests/test_ppo.py checks all
+    three by enumeration).
+    """
+    return 0.5 * (logprobs - ref_logprobs) ** 2
+
+
 def token_rewards(scores, kl, mask, beta):
     """r_t = -beta * KL_t on every response token, plus the sequence's score on its last one (the end-of-text)."""
     rewards = -beta * kl * mask
@@ -229,18 +241,6 @@ def explained_variance(values, returns, mask, across_processes=False):
     return 1 - var(returns - values) / var(returns)
 
 
-def kl_k2(logprobs, ref_logprobs):
-    """
-    A third per-token estimate (Schulman's k2), the one to put in a loss rather than a reward:
-        k2 = 0.5 * (log pi(x) - log pi_ref(x))^2
-    Its value is near the KL only while pi is near pi_ref, but its gradient (log pi - log pi_ref) grad log pi
-    averages over samples of pi to exactly grad KL(pi || pi_ref). In a loss, k1's gradient grad log pi averages to 0,
-    and k3's, (1 - pi_ref / pi) grad log pi, to grad KL(pi_ref || pi), the reverse KL (tests/test_ppo.py checks all
-    three by enumeration).
-    """
-    return 0.5 * (logprobs - ref_logprobs) ** 2
-
-
 # Critic-free advantages: k samples of every prompt, each judged against the other samples of its group instead of
 # a value head. A group is k consecutive rows: rows g*k .. g*k + k - 1 answer prompt g. What tells the estimators
 # apart, the few switches of TRL's trainers around one clipped surrogate:
@@ -265,10 +265,14 @@ def reward_groups(rewards, k):
     return rewards.view(-1, k)
 
 
+def equal_groups(groups):
+    """[G, 1]: whether each group's rewards (a row of [G, k]) are all equal."""
+    return (groups == groups[:, :1]).all(1, keepdim=True)
+
+
 def equal_reward_share(rewards, k):
     """The share of groups whose k rewards are all equal: they get no advantage, so nothing is learned from them."""
-    groups = reward_groups(rewards, k)
-    return (groups == groups[:, :1]).all(1).float().mean()
+    return equal_groups(reward_groups(rewards, k)).float().mean()
 
 
 def centred_rewards(rewards, k):
@@ -277,8 +281,7 @@ def centred_rewards(rewards, k):
     floats can round (six times 0.3 leaves 3e-8), and GRPO's division by that group's zero std would magnify it.
     """
     groups = reward_groups(rewards, k)
-    equal = (groups == groups[:, :1]).all(1, keepdim=True)
-    return torch.where(equal, 0.0, groups - groups.mean(1, keepdim=True))
+    return torch.where(equal_groups(groups), 0.0, groups - groups.mean(1, keepdim=True))
 
 
 def to_tokens(advantages, mask):
