@@ -27,7 +27,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from model import GPT, GPTConfig, RewardModel, response_mask
+from model import REWARD_AGGREGATIONS, GPT, GPTConfig, RewardEnsemble, RewardModel, response_mask
 
 # ----------------------------------------------------------------------------------------------------------
 # The command line: a config dataclass per stage; each field's trailing comment is its --help text
@@ -322,7 +322,8 @@ def save_checkpoint(path, obj):
 
 
 # every checkpoint records its kind, so that a loader handed the wrong file can say so in one line
-CHECKPOINT_KINDS = {"policy": "sft.py or dpo.py", "reward_model": "reward.py", "ppo_policy": "ppo.py"}
+CHECKPOINT_KINDS = {"policy": "sft.py or dpo.py", "reward_model": "reward.py", "ppo_policy": "ppo.py",
+                    "reward_ensemble": "reward.py --members K"}
 
 
 def load_checkpoint(path, kinds=None, flag=None):
@@ -381,15 +382,25 @@ def load_policy(path, flag=None):
     return model, ckpt["tokenizer"], ckpt
 
 
-def load_reward_model(path, flag=None, tokenizer=None):
+def load_reward_model(path, flag=None, tokenizer=None, how="mean", uwo_lambda=0.5):
     """
-    The trained, normalised reward model of a checkpoint and its tokenizer spec. tokenizer: the one the policy it
-    will score writes; a reward model that reads another stops with both named.
+    The trained, normalised reward model of a checkpoint and its tokenizer spec: one model, or an ensemble
+    (reward.py --members K) scored as one by model.ensemble_reward(how, uwo_lambda). tokenizer: the one the policy
+    it will score writes; a reward model that reads another stops with both named.
     """
-    ckpt = load_checkpoint(path, ("reward_model",), flag)
+    ckpt = load_checkpoint(path, ("reward_model", "reward_ensemble"), flag)
     if tokenizer is not None and ckpt["tokenizer"] != tokenizer:
         raise SystemExit(f"the reward model {path} reads tokenizer {ckpt['tokenizer']}, the policy writes {tokenizer}")
-    rm = RewardModel(GPTConfig(**ckpt["model_config"]))
+    if how not in REWARD_AGGREGATIONS:
+        raise SystemExit(f"--reward_agg must be one of {', '.join(REWARD_AGGREGATIONS)}, not {how!r}")
+    config = GPTConfig(**ckpt["model_config"])
+    if ckpt["kind"] == "reward_ensemble":
+        rm = RewardEnsemble([RewardModel(config) for _ in range(ckpt["members"])], how, uwo_lambda)
+    elif how != "mean":
+        raise SystemExit(f"{path} is one reward model, and --reward_agg {how} aggregates an ensemble's members: "
+                         f"train one with reward.py --members K, or drop --reward_agg")
+    else:
+        rm = RewardModel(config)
     rm.load_state_dict(ckpt["model"])
     return rm, ckpt["tokenizer"]
 

@@ -303,6 +303,53 @@ class RewardModel(nn.Module):
         return self.gain * self.head(hidden[torch.arange(ids.size(0), device=ids.device), last]).float() + self.bias
 
 
+REWARD_AGGREGATIONS = ("mean", "min", "uwo")  # the branches of ensemble_reward
+
+
+def ensemble_reward(scores, how="mean", uwo_lambda=0.5):
+    """
+    One reward from K reward models' scores [K, B] (Coste et al. 2024, "Reward Model Ensembles Help Mitigate
+    Overoptimization"). Where the members disagree, the policy has left the data they learned from, and the
+    reward should not be trusted there:
+
+        mean:  R = mean_k R_k
+        min:   R = min_k R_k                                    (worst-case optimisation)
+        uwo:   R = mean_k R_k - uwo_lambda * var_k R_k          (uncertainty-weighted; var = mean_k (R_k - R)^2)
+
+    One member (K = 1) gives that member's score under every aggregation.
+    """
+    if how == "mean":
+        return scores.mean(0)
+    if how == "min":
+        return scores.min(0).values
+    if how == "uwo":
+        return scores.mean(0) - uwo_lambda * scores.var(0, correction=0)
+    raise ValueError(f"unknown aggregation {how!r}: one of {', '.join(REWARD_AGGREGATIONS)}")
+
+
+class RewardEnsemble(nn.Module):
+    """
+    K reward models of the same shape, each normalised on its own, scored as one by ensemble_reward(how,
+    uwo_lambda): every place that takes a RewardModel takes an ensemble. Costs K forward passes.
+    """
+
+    def __init__(self, members, how="mean", uwo_lambda=0.5):
+        super().__init__()
+        self.members = nn.ModuleList(members)
+        self.how, self.uwo_lambda = how, uwo_lambda
+
+    @property
+    def config(self):
+        return self.members[0].config
+
+    def member_rewards(self, ids, mask):
+        """Every member's rewards, [K, B]."""
+        return torch.stack([member(ids, mask) for member in self.members])
+
+    def forward(self, ids, mask):
+        return ensemble_reward(self.member_rewards(ids, mask), self.how, self.uwo_lambda)
+
+
 def token_logprobs(logits, tokens, temperature=1.0):
     """
     log p(token) under softmax(logits / temperature), the distribution the tokens were sampled from; cross-entropy

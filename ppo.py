@@ -44,14 +44,16 @@ from common import (MetricsLog, all_gather_objects, all_mean, all_sum, batch_at,
                     master_first, pad, restore_run, save_run)
 from data import world
 from evaluate import HeldOut, print_samples
-from model import ScalarHead, response_mask, token_logprobs
+from model import RewardEnsemble, ScalarHead, response_mask, token_logprobs
 from tokenizer import load_tokenizer
 
 
 @dataclass
 class Config:
     sft_ckpt: str = "out/sft/ckpt.pt"  # the SFT policy: where PPO starts, and the frozen reference
-    reward_ckpt: str = "out/reward/ckpt.pt"  # the trained, normalised reward model (not read with --reward verifier)
+    reward_ckpt: str = "out/reward/ckpt.pt"  # the trained, normalised reward model or ensemble (not read with --reward verifier)
+    reward_agg: str = "mean"  # an ensemble's members scored as one: mean, min (worst case) or uwo (mean - uwo_lambda * variance)
+    uwo_lambda: float = 0.5  # uwo: the weight of the members' disagreement (their variance) subtracted from their mean
     prompts_file: str = ""  # JSONL of {prompt} to train on; empty: the built-in task's training prompts
     eval_prompts: str = ""  # held-out JSONL of {prompt}; empty: the built-in task's (tune on out/data/val_prompts.jsonl)
     out_dir: str = "out/ppo"  # where ckpt.pt and metrics.jsonl go
@@ -644,12 +646,15 @@ def main(argv=None):
     ref = frozen(load_policy(cfg.sft_ckpt, "--sft_ckpt")[0]).to(rt.device)
     reward_model = None
     if cfg.reward != "verifier":
-        reward_model = frozen(load_reward_model(cfg.reward_ckpt, "--reward_ckpt", tokenizer_spec)[0]).to(rt.device)
+        reward_model = frozen(load_reward_model(cfg.reward_ckpt, "--reward_ckpt", tokenizer_spec, cfg.reward_agg,
+                                                cfg.uwo_lambda)[0]).to(rt.device)
     enc = load_tokenizer(tokenizer_spec)
     agent = (PolicyWithValue if cfg.advantage == "gae" else Policy)(policy).to(rt.device)
     agent.eval()  # dropout off for good: it would make the log-probs, and so the ratios, noisy
     rt.say(f"policy: {policy.num_params() / 1e6:.2f}M parameters from {cfg.sft_ckpt}; advantage {cfg.advantage}; "
-           f"reward {cfg.reward}" + (f" from {cfg.reward_ckpt}" if reward_model is not None else ""))
+           f"reward {cfg.reward}" + (f" from {cfg.reward_ckpt}" if reward_model is not None else "")
+           + (f" ({len(reward_model.members)} members, {cfg.reward_agg})" if isinstance(reward_model, RewardEnsemble)
+              else ""))
     context = policy.config.block_size
     train_texts, train_ids = load_prompts(train_file, enc, context, cfg.max_new_tokens, None, rt.say)
     if cfg.reward != "rm" and not world.verifiable(train_texts):

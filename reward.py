@@ -13,8 +13,10 @@ mean 0 and standard deviation 1. With no arguments it trains on the built-in tas
 """
 
 import collections
+import copy
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -22,10 +24,10 @@ from tqdm import tqdm
 
 from common import (MetricsLog, all_gather_rows, all_sum, batch_at, begin, check_finite, check_split, distributed,
                     fit_pair_to_context, leave_processes, load_policy, load_prompts, lr_at, master_first,
-                    optimizer_step, pad, read_jsonl, restore_run, sample, save_run)
+                    optimizer_step, pad, read_jsonl, restore_run, sample, save_checkpoint, save_run)
 from data import world
 from evaluate import reward_scores
-from model import GPTConfig, RewardModel
+from model import GPTConfig, RewardEnsemble, RewardModel
 from tokenizer import EOT, load_tokenizer, render
 
 
@@ -53,7 +55,9 @@ class Config:
     device: str = "auto"  # auto, cpu, cuda, cuda:N
     dtype: str = "auto"  # auto (bf16 or fp16 on CUDA, fp32 on CPU), float32, bfloat16, float16
     compile: bool = False  # torch.compile the model for training
-    seed: int = 0  # seed of the head's initialisation, data order and sampling
+    members: int = 1  # reward models trained one after another from the SFT model, each its own head and data order: an ensemble
+    warm: bool = False  # with members > 1, also write their weight average (WARM) to out_dir/warm.pt, one ordinary reward model
+    seed: int = 0  # seed of the head's initialisation, data order and sampling (member m: seed + m)
     resume: bool = False  # continue the run in out_dir from its checkpoint
 
 
@@ -147,33 +151,50 @@ def normalisation(raw, ended):
 
 
 @torch.no_grad()
-def normalise(rm, policy, enc, prompt_ids, cfg, rt):
+def normalise(models, policy, enc, prompt_ids, cfg, rt):
     """
-    Sample the SFT policy on the prompts (token ids) and set rm.gain and rm.bias by normalisation. Returns (raw
-    rewards, ended). Under torchrun each process samples and scores its share of the prompts, and the scale is set
-    from all of them.
+    Sample the SFT policy on the prompts (token ids) once and set each reward model's gain and bias by
+    normalisation: every member of an ensemble on the same samples. Returns which samples ended. Under torchrun
+    each process samples and scores its share of the prompts, and the scale is set from all of them.
     """
     batches = sample(policy, prompt_ids[rt.rank::rt.world_size], rt, enc.eot_token, cfg.max_new_tokens,
                      cfg.temperature, 64, cfg.seed + rt.rank)
-    rm.gain.fill_(1.0)
-    rm.bias.zero_()
-    raw = all_gather_rows(torch.tensor(reward_scores(rm, batches, rt), device=rt.device)).cpu()  # every process's
     ended = all_gather_rows(torch.cat([(tokens == enc.eot_token).any(1) for _, _, tokens, _ in batches])).cpu()
-    gain, bias = normalisation(raw, ended)
-    rm.gain.fill_(gain.item())
-    rm.bias.fill_(bias.item())
-    return raw, ended
+    for rm in models:
+        rm.gain.fill_(1.0)
+        rm.bias.zero_()
+        raw = all_gather_rows(torch.tensor(reward_scores(rm, batches, rt), device=rt.device)).cpu()  # every process's
+        gain, bias = normalisation(raw, ended)
+        rm.gain.fill_(gain.item())
+        rm.bias.fill_(bias.item())
+    return ended
+
+
+@torch.no_grad()
+def weight_average(models):
+    """
+    WARM (Ramé et al. 2024, "WARM: On the Benefits of Weight Averaged Reward Models"): the mean of the members'
+    weights. Fine-tuned from the same SFT model, they stay close enough in weight space that their average is a
+    good reward model itself, more robust than any member, at the cost of one. Normalise it afterwards.
+    """
+    average = copy.deepcopy(models[0])
+    states = [m.state_dict() for m in models]
+    average.load_state_dict({k: torch.stack([s[k].float() for s in states]).mean(0).to(v.dtype)
+                             for k, v in states[0].items()})
+    return average
 
 
 def print_summary(summary, ended, classes, val_file):
     """What reward.py says at the end: its normalisation, its held-out numbers, and where the gold judge knows the
-    pairs, its agreement with the judge overall and within each pair of the judge's classes."""
-    print(f"normalised: reward = {summary['norm_gain']:.3f} * head {summary['norm_bias']:+.3f}, so that the SFT "
-          f"policy's samples on {len(ended)} training prompts score mean 0, std 1 over the {int(ended.sum())} "
-          f"that ended with end-of-text" + ("" if ended.sum() >= 2 else " (too few: over all of them)"))
-    print(f"held-out pairs, before normalising: accuracy {summary['val_accuracy']:.1%}, loss {summary['val_loss']:.3f},"
-          f" margin {summary['val_margin']:.3f}, rewards {summary['val_reward_mean']:+.3f} ± "
-          f"{summary['val_reward_std']:.3f}")
+    pairs, its agreement with the judge overall and within each pair of the judge's classes; for an ensemble, the
+    same for each member and the weight average."""
+    scale = (f"reward = {summary['norm_gain']:.3f} * head {summary['norm_bias']:+.3f}, so that" if "norm_gain" in
+             summary else "each member on its own, so that under each of them")
+    print(f"normalised: {scale} the SFT policy's samples on {len(ended)} training prompts score mean 0, std 1 over the "
+          f"{int(ended.sum())} that ended with end-of-text" + ("" if ended.sum() >= 2 else " (too few: over all of them)"))
+    print(f"held-out pairs, {'before normalising' if 'norm_gain' in summary else 'the ensemble (mean)'}: accuracy "
+          f"{summary['val_accuracy']:.1%}, loss {summary['val_loss']:.3f}, margin {summary['val_margin']:.3f}, rewards "
+          f"{summary['val_reward_mean']:+.3f} ± {summary['val_reward_std']:.3f}")
     if classes is None:
         print(f"no gold judge for these pairs (it knows the built-in task's prompts only): the accuracy against the "
               f"held-out labels of {val_file} is the measure")
@@ -181,13 +202,22 @@ def print_summary(summary, ended, classes, val_file):
     print(f"agreement with the gold judge {summary['val_gold_agreement']:.1%}; the raters' own: "
           f"{summary['raters_ceiling']:.1%}")
     counts = collections.Counter(k for k in classes if k.split(">")[0] != k.split(">")[1])
+    by_class = lambda prefix: ", ".join(f"{k} {summary[f'{prefix}val_gold_agreement/{k}']:.0%}"
+                                        for k, _ in counts.most_common())
     print("by the gold judge's classes of the better > the worse reply: " + ", ".join(
         f"{k} {summary[f'val_gold_agreement/{k}']:.0%} of {n}" for k, n in counts.most_common()))
+    for name in [k.removesuffix("/val_accuracy") for k in summary if k.endswith("/val_accuracy")]:
+        print(f"  {name}: accuracy {summary[f'{name}/val_accuracy']:.1%}, gold agreement "
+              f"{summary[f'{name}/val_gold_agreement']:.1%}; {by_class(f'{name}/')}")
 
 
 def main(argv=None):
     cfg, rt, ckpt_path, resumed = begin("reward", Config, argv)
     check_split(cfg.batch_size, "--batch_size", rt)
+    if cfg.members < 1:
+        raise SystemExit(f"--members must be at least 1, not {cfg.members}")
+    if cfg.warm and cfg.members < 2:
+        raise SystemExit("--warm averages the members' weights: give --members 2 or more")
     if not cfg.train_file:
         with master_first(rt):  # the master generates the task, the others read it
             data_dir, _ = world.builtin_task()
@@ -198,17 +228,21 @@ def main(argv=None):
     else:
         train_file, val_file, prompts_file = cfg.train_file, cfg.val_file, cfg.prompts_file
 
-    # the SFT model twice: a frozen policy to sample from, and the trunk of the reward model.
+    # the SFT model: a frozen policy to sample from, and the trunk of every member, each with its own random head.
     # Dropout off: a reward must be a deterministic function of the text.
     policy, tokenizer_spec, sft = load_policy(cfg.sft_ckpt, "--sft_ckpt")
     enc = load_tokenizer(tokenizer_spec)
-    rm = RewardModel(GPTConfig(**{**sft["model_config"], "dropout": 0.0}))
-    rm.gpt.load_state_dict(sft["model"])
+    members = [RewardModel(GPTConfig(**{**sft["model_config"], "dropout": 0.0})) for _ in range(cfg.members)]
+    for member in members:
+        member.gpt.load_state_dict(sft["model"])
+    rm = members[0] if cfg.members == 1 else RewardEnsemble(members)  # what ckpt.pt holds
+    kind = "reward_model" if cfg.members == 1 else "reward_ensemble"
     policy.to(rt.device)
     rm.to(rt.device)
-    rt.say(f"reward model: {sum(p.numel() for p in rm.parameters()) / 1e6:.2f}M parameters from {cfg.sft_ckpt}")
+    rt.say(f"reward model: {cfg.members} x {sum(p.numel() for p in members[0].parameters()) / 1e6:.2f}M parameters "
+           f"from {cfg.sft_ckpt}")
 
-    max_len = rm.config.block_size
+    max_len = members[0].config.block_size
     _, train = load_pairs(train_file, enc, max_len, rt.say)
     val_records, val = load_pairs(val_file, enc, max_len, rt.say)
     _, prompt_ids = load_prompts(prompts_file, enc, max_len, cfg.max_new_tokens, cfg.n_norm, rt.say)
@@ -216,58 +250,78 @@ def main(argv=None):
     if gold is not None:
         rt.say(f"raters' ceiling: the held-out labels agree with the gold judge on {ceiling:.1%} of pairs")
 
-    train_rm = distributed(rm, rt, cfg.compile)
-    optimizer = rm.gpt.configure_optimizers(cfg.weight_decay, cfg.lr, (0.9, 0.95), rt.device.type,
-                                            extra_params=rm.head.parameters())
-    step = restore_run(resumed, rm, optimizer, rt) if resumed else 0
-    log = MetricsLog(cfg.out_dir, rt, resume_step=step if resumed else None)
+    first = resumed.get("member", 0) if resumed else 0  # a resumed run goes on with the member it was training
+    log = MetricsLog(cfg.out_dir, rt, resume_step=first * cfg.max_steps + resumed["step"] if resumed else None)
+    for m in range(first, cfg.members):  # the members one after another: the same loop, another seed
+        member = members[m]
+        train_rm = distributed(member, rt, cfg.compile)
+        optimizer = member.gpt.configure_optimizers(cfg.weight_decay, cfg.lr, (0.9, 0.95), rt.device.type,
+                                                    extra_params=member.head.parameters())
+        step = restore_run(resumed, rm, optimizer, rt) if resumed and m == first else 0
 
-    bar = tqdm(range(step, cfg.max_steps), initial=step, total=cfg.max_steps, desc="reward", dynamic_ncols=True,
-               disable=not rt.master)
-    t0, start = time.time(), step
-    for step in bar:
-        lr = lr_at(step, cfg.max_steps, cfg.lr, cfg.warmup_steps)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        batch = [train[i] for i in batch_at(len(train), cfg.batch_size, step, cfg.seed)]
-        mine = batch[rt.rank::rt.world_size]  # under torchrun each process takes a slice of the same batch
-        ids, mask = collate(mine, enc.eot_token, rt.device)
-        with rt.autocast():
-            chosen, rejected = train_rm(ids, mask).chunk(2)
-            # the mean over the whole batch: this slice's mean, weighed by its share of the pairs
-            loss = preference_loss(chosen, rejected, cfg.margin, cfg.center_coef) * len(mine) / len(batch)
-        # every process must see the same loss, so that all of them stop together
-        total_loss, correct = all_sum(torch.stack([loss.detach().float(), (chosen > rejected).sum().float()])).tolist()
-        check_finite(total_loss, step, ckpt_path)
-        rt.scaler.scale(loss * rt.world_size).backward()  # x world_size: DDP averages over processes
-        grad_norm = optimizer_step(optimizer, rm.parameters(), cfg.grad_clip, rt)
+        bar = tqdm(range(step, cfg.max_steps), initial=step, total=cfg.max_steps, dynamic_ncols=True,
+                   desc="reward" if cfg.members == 1 else f"reward member {m}", disable=not rt.master)
+        t0, start = time.time(), step
+        for step in bar:
+            lr = lr_at(step, cfg.max_steps, cfg.lr, cfg.warmup_steps)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            batch = [train[i] for i in batch_at(len(train), cfg.batch_size, step, cfg.seed + m)]
+            mine = batch[rt.rank::rt.world_size]  # under torchrun each process takes a slice of the same batch
+            ids, mask = collate(mine, enc.eot_token, rt.device)
+            with rt.autocast():
+                chosen, rejected = train_rm(ids, mask).chunk(2)
+                # the mean over the whole batch: this slice's mean, weighed by its share of the pairs
+                loss = preference_loss(chosen, rejected, cfg.margin, cfg.center_coef) * len(mine) / len(batch)
+            # every process must see the same loss, so that all of them stop together
+            total_loss, correct = all_sum(torch.stack([loss.detach().float(), (chosen > rejected).sum().float()])).tolist()
+            check_finite(total_loss, step, ckpt_path)
+            rt.scaler.scale(loss * rt.world_size).backward()  # x world_size: DDP averages over processes
+            grad_norm = optimizer_step(optimizer, member.parameters(), cfg.grad_clip, rt)
 
-        done = step + 1
-        metrics = {"loss": total_loss, "accuracy": correct / len(batch), "lr": lr, "grad_norm": grad_norm,
-                   "pairs_per_s": (done - start) * cfg.batch_size / (time.time() - t0)}
-        if rt.master and (done % cfg.eval_interval == 0 or done == cfg.max_steps):
-            metrics.update(evaluate(rm, val, cfg, rt, enc.eot_token, gold, classes))
-        log.log(done, **metrics)
-        bar.set_postfix(loss=f"{metrics['loss']:.3f}", **({"val_acc": f"{metrics['val_accuracy']:.3f}"}
-                                                          if "val_accuracy" in metrics else {}))
-        if done % cfg.ckpt_interval == 0 and done < cfg.max_steps:
-            save_run(ckpt_path, "reward_model", rm, optimizer, rt, cfg, tokenizer_spec, done)
-    bar.close()
+            done = step + 1
+            metrics = {"loss": total_loss, "accuracy": correct / len(batch), "lr": lr, "grad_norm": grad_norm,
+                       "pairs_per_s": (done - start) * cfg.batch_size / (time.time() - t0)}
+            if rt.master and (done % cfg.eval_interval == 0 or done == cfg.max_steps):
+                metrics.update(evaluate(member, val, cfg, rt, enc.eot_token, gold, classes))
+            log.log(m * cfg.max_steps + done, **metrics, **({"member": m} if cfg.members > 1 else {}))
+            bar.set_postfix(loss=f"{metrics['loss']:.3f}", **({"val_acc": f"{metrics['val_accuracy']:.3f}"}
+                                                              if "val_accuracy" in metrics else {}))
+            # the last member's last step is saved after normalising, below
+            if done % cfg.ckpt_interval == 0 and done < cfg.max_steps or done == cfg.max_steps and m < cfg.members - 1:
+                save_run(ckpt_path, kind, rm, optimizer, rt, cfg, tokenizer_spec, done, member=m, members=cfg.members)
+        bar.close()
 
-    raw, ended = normalise(rm, policy, enc, prompt_ids, cfg, rt)  # every process samples a share of the prompts
+    warm = weight_average(members) if cfg.warm else None
+    ended = normalise(members + ([warm] if warm else []), policy, enc, prompt_ids, cfg, rt)  # each process a share
     leave_processes(rt)
     if not rt.master:
         return None
-    # the validation numbers are those of the last step, on the head's scale like every earlier one; accuracy and
-    # agreement are the same after normalising (gain > 0), the loss and the margin are not
-    summary = {k: v for k, v in metrics.items() if k.startswith("val_")}
-    summary.update({"norm_gain": rm.gain.item(), "norm_bias": rm.bias.item(), "norm_ended": ended.float().mean().item()})
+    if cfg.members == 1:
+        # the validation numbers are those of the last step, on the head's scale like every earlier one; accuracy
+        # and agreement are the same after normalising (gain > 0), the loss and the margin are not
+        summary = {k: v for k, v in metrics.items() if k.startswith("val_")}
+        summary.update({"norm_gain": rm.gain.item(), "norm_bias": rm.bias.item()})
+    else:  # the ensemble's mean reads the members' normalised scores: after normalising
+        summary = evaluate(rm, val, cfg, rt, enc.eot_token, gold, classes)
+        scored = {f"member{m}": member for m, member in enumerate(members)} | ({"warm": warm} if warm else {})
+        for name, model in scored.items():
+            summary.update({f"{name}/{k}": v for k, v in evaluate(model, val, cfg, rt, enc.eot_token, gold,
+                                                                   classes).items()})
+            summary.update({f"{name}/norm_gain": model.gain.item(), f"{name}/norm_bias": model.bias.item()})
+    summary["norm_ended"] = ended.float().mean().item()
     if gold is not None:
         summary["raters_ceiling"] = ceiling
     print_summary(summary, ended, classes, val_file)
-    log.log(cfg.max_steps, **{f"final/{k}": v for k, v in summary.items()})
-    save_run(ckpt_path, "reward_model", rm, optimizer, rt, cfg, tokenizer_spec, cfg.max_steps, summary=summary)
+    log.log(cfg.members * cfg.max_steps, **{f"final/{k}": v for k, v in summary.items()})
+    save_run(ckpt_path, kind, rm, optimizer, rt, cfg, tokenizer_spec, cfg.max_steps, member=cfg.members - 1,
+             members=cfg.members, summary=summary)
     print(f"saved {ckpt_path}")
+    if warm is not None:  # one ordinary reward model: not a run to resume
+        save_checkpoint(Path(cfg.out_dir) / "warm.pt", {"kind": "reward_model", "model": warm.state_dict(),
+                                                        "model_config": asdict(warm.config),
+                                                        "tokenizer": tokenizer_spec, "config": asdict(cfg)})
+        print(f"saved {Path(cfg.out_dir) / 'warm.pt'} (the members' weight average)")
     return summary
 
 

@@ -1,14 +1,18 @@
 """
 What the experiments share: the finished default pipeline they start from, running a stage in this process with
-its printed output in a log file, best-of-N sampling from the SFT policy, and the command line that writes an
-experiment's numbers (JSONL, always) and its figure (PNG, where matplotlib is installed: see plot.py).
+its printed output in a log file, or as one-thread processes side by side (reusing the runs that finished),
+best-of-N sampling from the SFT policy, and the command line that writes an experiment's numbers (JSONL, always)
+and its figure (PNG, where matplotlib is installed: see plot.py).
 """
 
 import contextlib
 import json
 import math
+import os
+import subprocess
+import sys
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -19,13 +23,16 @@ import label
 import ppo
 import reward
 import sft
-from common import (decode_responses, encode_prompts, frozen, load_policy, load_reward_model, parse_config,
-                    print_config, read_jsonl, sample, setup_runtime, write_jsonl)
+from common import (decode_responses, encode_prompts, frozen, load_checkpoint, load_policy, load_reward_model,
+                    parse_config, print_config, read_jsonl, sample, setup_runtime, write_jsonl)
 from data import world
 from evaluate import reward_scores
+from model import RewardEnsemble
 from plot import MISSING, pyplot
+from report import final_metrics
 from tokenizer import load_tokenizer
 
+ROOT = Path(__file__).resolve().parent.parent
 STAGES = {"sft": sft, "label": label, "reward": reward, "ppo": ppo, "dpo": dpo}
 # what each stage of the default pipeline leaves behind, and the command that makes it
 OUTPUTS = {"sft": ("sft/ckpt.pt", "python sft.py"), "label": ("label/prefs_train.jsonl", "python label.py"),
@@ -72,6 +79,58 @@ def run_stage(bar, stage, out_dir, args, tiny=False):
     return result, time.time() - t0
 
 
+def run_all(commands, jobs):
+    """
+    Run chains of commands, --jobs chains at a time, each command a process with one CPU thread. Returns {command:
+    (seconds, peak resident memory in MB)} of every command, also written beside its log as run.json.
+    """
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    pending, running, done = [list(chain) for chain in commands], {}, {}
+    while pending or running:
+        while pending and len(running) < jobs:
+            chain = pending.pop(0)
+            command, log = chain[0]
+            Path(log).parent.mkdir(parents=True, exist_ok=True)
+            process = subprocess.Popen([sys.executable, str(ROOT / command[0]), *map(str, command[1:])], env=env,
+                                       stdout=open(log, "w"), stderr=subprocess.STDOUT)
+            running[process.pid] = (process, chain, time.time())
+        pid, status, usage = os.wait4(-1, 0)
+        if pid not in running:
+            continue
+        process, chain, t0 = running.pop(pid)
+        command, log = chain[0]
+        if status != 0:
+            raise SystemExit(f"{' '.join(map(str, command))} stopped: its output is in {log}")
+        done[tuple(map(str, command))] = (time.time() - t0, usage.ru_maxrss / 1024)
+        Path(log).with_name("run.json").write_text(json.dumps({"command": list(map(str, command)),
+                                                                "seconds_and_mb": done[tuple(map(str, command))]}))
+        if chain[1:]:
+            pending.insert(0, chain[1:])
+    return done
+
+
+def measured(command, log):
+    """
+    (seconds, MB) of an earlier run of a stage (command[0], say ppo.py) that finished with the very config this
+    command gives today (its flags, and the stage's defaults for the rest), from its run.json; else None.
+    """
+    record = Path(log).with_name("run.json")
+    if not record.exists() or final_metrics(record.parent) is None:
+        return None
+    ran = load_checkpoint(record.parent / "ckpt.pt")["config"]
+    stage = STAGES[Path(command[0]).stem]
+    return tuple(json.loads(record.read_text())["seconds_and_mb"]) \
+        if ran == asdict(parse_config(stage.Config, list(map(str, command[1:])))[0]) else None
+
+
+def run_missing(commands, jobs):
+    """run_all for the stage commands that have not finished before as they would run now: an interrupted
+    experiment goes on where it stopped, and one whose settings changed runs again what they change."""
+    done = {tuple(map(str, c)): measured(c, log) for c, log in commands}
+    done.update(run_all([[(c, log)] for c, log in commands if done[tuple(map(str, c))] is None], jobs))
+    return done
+
+
 def held_out_prompts(eval_prompts, n):
     """The first n prompts of eval_prompts; empty: of the built-in task's held-out prompts, as the stages read them."""
     path = eval_prompts or f"{world.builtin_task()[0]}/eval_prompts.jsonl"
@@ -86,7 +145,8 @@ def held_out_prompts(eval_prompts, n):
 def sample_pool(sft_ckpt, reward_ckpts, prompts, n, max_new_tokens, temperature, seed):
     """
     n responses of the SFT policy to each prompt, with the score each reward model gives them and the gold judge's.
-    Returns ({reward ckpt: scores [P, n]}, gold [P, n], lengths in tokens [P, n]).
+    Returns ({reward ckpt: scores [P, n], or [P, n, K] for an ensemble's K members}, gold [P, n], lengths in tokens
+    [P, n]): an ensemble's members are kept apart, to be aggregated every way (model.ensemble_reward).
     """
     rt = setup_runtime(seed=seed)
     policy, spec, _ = load_policy(sft_ckpt, "--sft_ckpt")
@@ -94,7 +154,8 @@ def sample_pool(sft_ckpt, reward_ckpts, prompts, n, max_new_tokens, temperature,
     enc = load_tokenizer(spec)
     models = {}
     for path in reward_ckpts:
-        models[path] = frozen(load_reward_model(path, tokenizer=spec)[0]).to(rt.device)
+        rm = frozen(load_reward_model(path, tokenizer=spec)[0]).to(rt.device)
+        models[path] = list(rm.members) if isinstance(rm, RewardEnsemble) else [rm]
     ids, _ = encode_prompts(enc, prompts, policy.config.block_size, max_new_tokens)
     per_batch = max(1, 256 // n)  # prompts per batch: 256 responses at once, as label.py samples
     scores, gold, lengths = {path: [] for path in models}, [], []
@@ -103,10 +164,11 @@ def sample_pool(sft_ckpt, reward_ckpts, prompts, n, max_new_tokens, temperature,
         batches = sample(policy, rows, rt, enc.eot_token, max_new_tokens, temperature, len(rows), seed * 100003 + chunk)
         gold += [world.gold_score(prompts[i + j // n], text) for j, text in enumerate(decode_responses(enc, batches))]
         lengths += torch.cat([mask.sum(1) for *_, mask in batches]).tolist()
-        for path, rm in models.items():
-            scores[path] += reward_scores(rm, batches, rt)
-    shaped = lambda xs: torch.tensor(xs, dtype=torch.float64).view(len(prompts), n)
-    return {path: shaped(s) for path, s in scores.items()}, shaped(gold), shaped(lengths)
+        for path, members in models.items():
+            scores[path] += zip(*(reward_scores(member, batches, rt) for member in members))
+    shaped = lambda xs: torch.tensor(xs, dtype=torch.float64).view(len(prompts), n, -1)
+    return ({path: shaped(s) if len(models[path]) > 1 else shaped(s)[..., 0] for path, s in scores.items()},
+            shaped(gold)[..., 0], shaped(lengths)[..., 0])
 
 
 def best_of_n(scores, values, n):

@@ -20,22 +20,15 @@ numbers do not depend on how many run beside it. About 60 CPU-minutes with the d
 """
 
 import json
-import os
 import statistics
-import subprocess
-import sys
-import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
-import ppo
-from common import load_checkpoint, parse_config
 from data import world
-from experiments.common import TINY_ARGS, experiment_main, needs
+from experiments.common import TINY_ARGS, experiment_main, needs, run_all, run_missing
 from experiments.seeds import finished, stage_args
 from report import final_metrics
 
-ROOT = Path(__file__).resolve().parent.parent
 ESTIMATORS = ("gae", "rloo", "grpo", "dr_grpo", "reinforce_pp")
 REWARDS = ("rm", "verifier", "rm+verifier")
 PER_KIND = ("gold", "win_rate", *world.LABELS)
@@ -58,57 +51,6 @@ class Config:
 
 
 TINY = {"estimators": ("gae", "grpo"), "rewards": ("rm", "rm+verifier"), "seeds": ("0",)}
-
-
-def run_all(commands, jobs):
-    """
-    Run chains of commands, --jobs chains at a time, each command a process with one CPU thread. Returns {command:
-    (seconds, peak resident memory in MB)} of every command, also written beside its log as run.json.
-    """
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    pending, running, done = [list(chain) for chain in commands], {}, {}
-    while pending or running:
-        while pending and len(running) < jobs:
-            chain = pending.pop(0)
-            command, log = chain[0]
-            Path(log).parent.mkdir(parents=True, exist_ok=True)
-            process = subprocess.Popen([sys.executable, str(ROOT / command[0]), *map(str, command[1:])], env=env,
-                                       stdout=open(log, "w"), stderr=subprocess.STDOUT)
-            running[process.pid] = (process, chain, time.time())
-        pid, status, usage = os.wait4(-1, 0)
-        if pid not in running:
-            continue
-        process, chain, t0 = running.pop(pid)
-        command, log = chain[0]
-        if status != 0:
-            raise SystemExit(f"{' '.join(map(str, command))} stopped: its output is in {log}")
-        done[tuple(map(str, command))] = (time.time() - t0, usage.ru_maxrss / 1024)
-        Path(log).with_name("run.json").write_text(json.dumps({"command": list(map(str, command)),
-                                                                "seconds_and_mb": done[tuple(map(str, command))]}))
-        if chain[1:]:
-            pending.insert(0, chain[1:])
-    return done
-
-
-def measured(command, log):
-    """
-    (seconds, MB) of an earlier ppo.py run that finished with the very config this command gives today (its flags,
-    and ppo.py's defaults for the rest), from its run.json; else None.
-    """
-    record = Path(log).with_name("run.json")
-    if not record.exists() or final_metrics(record.parent) is None:
-        return None
-    ran = load_checkpoint(record.parent / "ckpt.pt")["config"]
-    return tuple(json.loads(record.read_text())["seconds_and_mb"]) \
-        if ran == asdict(parse_config(ppo.Config, list(map(str, command[1:])))[0]) else None
-
-
-def run_missing(commands, jobs):
-    """run_all for the ppo.py commands that have not finished before as they would run now: an interrupted
-    experiment goes on where it stopped, and one whose settings changed runs again what they change."""
-    done = {tuple(map(str, c)): measured(c, log) for c, log in commands}
-    done.update(run_all([[(c, log)] for c, log in commands if done[tuple(map(str, c))] is None], jobs))
-    return done
 
 
 def ppo_command(cfg, seed, advantage, reward, sft_ckpt, reward_ckpt, eval_prompts):

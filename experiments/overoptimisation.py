@@ -24,13 +24,15 @@ below, as estimated from short runs of its pieces; --tiny runs it in seconds.
 import json
 import math
 import random
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from data import world
-from experiments.common import (best_of_n, best_of_n_kl, experiment_main, held_out_prompts, needs, powers_of_two,
-                                run_stage, sample_pool)
+from experiments.common import (TINY_ARGS, best_of_n, best_of_n_kl, experiment_main, held_out_prompts, needs,
+                                powers_of_two, run_missing, sample_pool)
+from model import REWARD_AGGREGATIONS, ensemble_reward
 from report import final_metrics
 
 
@@ -44,6 +46,9 @@ class Config:
     eval_interval: int = 3  # evaluate on held-out prompts every this many iterations (with no penalty gold peaks early)
     n_eval: int = 128  # held-out prompts per evaluation
     kl_coef: float = 0.0  # the weak (or no) KL penalty of the over-optimising runs
+    members: int = 4  # reward models in the ensemble (reward.py --members), all on the default pipeline's labels
+    uwo_lambda: float = 0.5  # the ensemble's uncertainty-weighted aggregation: mean - uwo_lambda * variance
+    jobs: int = 2  # runs at a time, each a process with one CPU thread
     bon_max: int = 64  # best-of-N for N = 1, 2, 4, ... up to this, from bon_max samples per prompt
     bon_prompts: int = 128  # held-out prompts for best-of-N
     max_new_tokens: int = 64  # best-of-N's response length limit (the stages' default)
@@ -52,7 +57,7 @@ class Config:
     plot_only: bool = False  # only draw overoptimisation.png from the overoptimisation.jsonl of an earlier run
 
 
-TINY = {"fraction": 0.5, "iterations": 3, "eval_interval": 1, "n_eval": 8, "bon_max": 4, "bon_prompts": 4,
+TINY = {"fraction": 0.5, "iterations": 3, "eval_interval": 1, "n_eval": 8, "members": 2, "bon_max": 4, "bon_prompts": 4,
         "max_new_tokens": 16}
 
 
@@ -98,43 +103,72 @@ def run(cfg, bar):
     sft_ckpt = f"{cfg.base}/sft/ckpt.pt"
     data_dir = world.builtin_task()[0]
     eval_prompts = cfg.eval_prompts or f"{data_dir}/eval_prompts.jsonl"
-    bar.total = 6
     rows = []
 
+    # the reward models: the default pipeline's (all), one on a small fraction of its labels, an ensemble on all of
+    # them (member 0 is trained as the default pipeline's), each of its aggregations, and its weight average (WARM)
     small, n_small, n_all = small_labels(cfg.base, cfg.out_dir, cfg.fraction, cfg.seed)
-    summary, _ = run_stage(bar, "reward", f"{cfg.out_dir}/reward_small", [
-        "--sft_ckpt", sft_ckpt, "--train_file", small, "--val_file", f"{cfg.base}/label/prefs_val.jsonl",
-        "--prompts_file", f"{data_dir}/prompts_train.jsonl", "--seed", cfg.seed], cfg.tiny)
-    reward_models = {"all": f"{cfg.base}/reward/ckpt.pt", "small": f"{cfg.out_dir}/reward_small/ckpt.pt"}
-    for rm, numbers, pairs in (("all", final_metrics(f"{cfg.base}/reward"), n_all), ("small", summary, n_small)):
-        rows.append({"type": "reward_model", "rm": rm, "pairs": pairs, "val_accuracy": numbers["val_accuracy"],
-                     "val_gold_agreement": numbers.get("val_gold_agreement")})
+    files = ["--sft_ckpt", sft_ckpt, "--val_file", f"{cfg.base}/label/prefs_val.jsonl", "--prompts_file",
+             f"{data_dir}/prompts_train.jsonl", "--seed", cfg.seed]
+    reward_args = lambda name, *extra: (["reward.py", *(TINY_ARGS["reward"] if cfg.tiny else []), *files, *extra,
+                                         "--out_dir", f"{cfg.out_dir}/reward_{name}"],
+                                        f"{cfg.out_dir}/reward_{name}/log.txt")
+    trainings = [reward_args("small", "--train_file", small),
+                 reward_args("ensemble", "--train_file", f"{cfg.base}/label/prefs_train.jsonl", "--members",
+                             cfg.members, "--warm")]
+    ensemble = f"{cfg.out_dir}/reward_ensemble/ckpt.pt"
+    reward_models = {"all": (f"{cfg.base}/reward/ckpt.pt", []), "small": (f"{cfg.out_dir}/reward_small/ckpt.pt", []),
+                     **{f"ensemble {how}": (ensemble, ["--reward_agg", how, "--uwo_lambda", cfg.uwo_lambda])
+                        for how in REWARD_AGGREGATIONS},
+                     "warm": (f"{cfg.out_dir}/reward_ensemble/warm.pt", [])}
+    bar.total = len(trainings) + len(reward_models) + 2 + 1
+    times = run_missing(trainings, cfg.jobs)
+    bar.update(len(trainings))
+    ensemble_numbers = final_metrics(f"{cfg.out_dir}/reward_ensemble")
+    numbers = {"all": final_metrics(f"{cfg.base}/reward"), "small": final_metrics(f"{cfg.out_dir}/reward_small"),
+               "ensemble mean": ensemble_numbers, "warm": {k.removeprefix("warm/"): v for k, v in
+                                                           ensemble_numbers.items() if k.startswith("warm/")}}
+    for rm, pairs in (("all", n_all), ("small", n_small), ("ensemble mean", n_all), ("warm", n_all)):
+        rows.append({"type": "reward_model", "rm": rm, "pairs": pairs, "val_accuracy": numbers[rm]["val_accuracy"],
+                     "val_gold_agreement": numbers[rm].get("val_gold_agreement")})
+    rows.append({"type": "ensemble_training", "members": cfg.members,
+                 "seconds": round(times[tuple(map(str, trainings[1][0]))][0], 1),
+                 "single_seconds": round(times[tuple(map(str, trainings[0][0]))][0], 1)})
 
-    ppo_args = ["--sft_ckpt", sft_ckpt, "--eval_prompts", eval_prompts, "--iterations", cfg.iterations,
-                "--eval_interval", cfg.eval_interval, "--n_eval", cfg.n_eval, "--seed", cfg.seed]
+    # PPO with no KL penalty against each, and with the default penalty against the two single models
     no_penalty, penalty = f"PPO, beta {cfg.kl_coef:g}", "PPO, default KL penalty"
-    for rm, path in reward_models.items():
-        for method, extra, name in ((no_penalty, ["--kl_coef", cfg.kl_coef], f"ppo_{rm}_beta{cfg.kl_coef:g}"),
-                                    (penalty, [], f"ppo_{rm}_default_beta")):
-            _, seconds = run_stage(bar, "ppo", f"{cfg.out_dir}/{name}", [*ppo_args, "--reward_ckpt", path, *extra],
-                                   cfg.tiny)
-            points = curve(f"{cfg.out_dir}/{name}", rm, method)
-            rows += points
-            peak = max(points, key=lambda p: p["gold"])
-            rows.append({"type": "run", "rm": rm, "method": method, "sft_gold": points[0]["gold"],
-                         "peak_gold": peak["gold"], "peak_d": peak["d"], "peak_step": peak["step"],
-                         "final_gold": points[-1]["gold"], "final_d": points[-1]["d"],
-                         "final_score": points[-1]["score"], "seconds": round(seconds, 1)})
+    ppo_args = ["ppo.py", *(TINY_ARGS["ppo"] if cfg.tiny else []), "--sft_ckpt", sft_ckpt, "--eval_prompts",
+                eval_prompts, "--iterations", cfg.iterations, "--eval_interval", cfg.eval_interval, "--n_eval",
+                cfg.n_eval, "--seed", cfg.seed]
+    runs = [(rm, no_penalty, f"ppo_{rm.replace(' ', '_')}_beta{cfg.kl_coef:g}", ["--kl_coef", cfg.kl_coef])
+            for rm in reward_models]
+    runs += [(rm, penalty, f"ppo_{rm}_default_beta", []) for rm in ("all", "small")]
+    commands = [([*ppo_args, "--reward_ckpt", reward_models[rm][0], *reward_models[rm][1], *extra, "--out_dir",
+                  f"{cfg.out_dir}/{name}"], f"{cfg.out_dir}/{name}/log.txt") for rm, _, name, extra in runs]
+    times = run_missing(commands, cfg.jobs)
+    bar.update(len(runs))
+    for (rm, method, name, _), (command, _) in zip(runs, commands):
+        points = curve(f"{cfg.out_dir}/{name}", rm, method)
+        rows += points
+        peak = max(points, key=lambda p: p["gold"])
+        rows.append({"type": "run", "rm": rm, "method": method, "sft_gold": points[0]["gold"],
+                     "peak_gold": peak["gold"], "peak_d": peak["d"], "peak_step": peak["step"],
+                     "final_gold": points[-1]["gold"], "final_d": points[-1]["d"],
+                     "final_score": points[-1]["score"], "seconds": round(times[tuple(map(str, command))][0], 1)})
 
     bar.set_postfix_str(f"best-of-{cfg.bon_max} samples of {sft_ckpt}")
     prompts = held_out_prompts(eval_prompts, cfg.bon_prompts)
-    scores, gold, _ = sample_pool(sft_ckpt, list(reward_models.values()), prompts, cfg.bon_max, cfg.max_new_tokens,
-                                  1.0, cfg.seed)
-    for rm, path in reward_models.items():
+    paths = list(dict.fromkeys(path for path, _ in reward_models.values()))
+    t0 = time.time()
+    scores, gold, _ = sample_pool(sft_ckpt, paths, prompts, cfg.bon_max, cfg.max_new_tokens, 1.0, cfg.seed)
+    rows.append({"type": "bon_pool", "responses": gold.numel(), "seconds": round(time.time() - t0, 1)})
+    for rm, (path, _) in reward_models.items():
+        how = rm.removeprefix("ensemble ") if path == ensemble else None
+        score = ensemble_reward(scores[path].permute(2, 0, 1), how, cfg.uwo_lambda) if how else scores[path]
         for n in powers_of_two(cfg.bon_max):
             kl = best_of_n_kl(n)
             rows.append({"type": "point", "rm": rm, "method": "best-of-N", "n": n, "kl": kl, "d": math.sqrt(kl),
-                         "gold": best_of_n(scores[path], gold, n), "score": best_of_n(scores[path], scores[path], n)})
+                         "gold": best_of_n(score, gold, n), "score": best_of_n(score, score, n)})
     bar.update()
 
     for rm in reward_models:
@@ -152,39 +186,60 @@ def summary(rows):
         if r["type"] == "reward_model":
             lines.append(f"reward model on {r['pairs']} pairs ({r['rm']}): held-out accuracy {r['val_accuracy']:.1%}"
                          + (f", agreement with gold {r['val_gold_agreement']:.1%}" if r["val_gold_agreement"] else ""))
+        elif r["type"] == "ensemble_training":
+            lines.append(f"training the ensemble of {r['members']} (and their weight average) took {r['seconds']:.0f} s;"
+                         f" the small reward model {r['single_seconds']:.0f} s")
         elif r["type"] == "run":
             lines.append(f"{r['method']}, reward model {r['rm']}: gold {r['sft_gold']:+.2f} (SFT), peak "
                          f"{r['peak_gold']:+.2f} at sqrt(KL) {r['peak_d']:.2f}, final {r['final_gold']:+.2f} at "
-                         f"sqrt(KL) {r['final_d']:.2f} (reward-model score {r['final_score']:+.2f})")
+                         f"sqrt(KL) {r['final_d']:.2f} (drop {r['peak_gold'] - r['final_gold']:.2f}; reward-model "
+                         f"score {r['final_score']:+.2f}; {r['seconds']:.0f} s)")
+        elif r["type"] == "bon_pool":
+            lines.append(f"best-of-N: {r['responses']} samples drawn and scored by every reward model in "
+                         f"{r['seconds']:.0f} s")
         elif r["type"] == "fit":
             lines.append(f"fit of {r['method']}, reward model {r['rm']} ({r['form']} form): alpha {r['alpha']:.3f}, "
                          f"beta {r['beta']:.3f}, R^2 {r['r2']:.3f}")
+    for rm in dict.fromkeys(r["rm"] for r in rows if r["type"] == "point" and r["method"] == "best-of-N"):
+        bon = [r for r in rows if r["type"] == "point" and r["rm"] == rm and r["method"] == "best-of-N"]
+        peak = max(bon, key=lambda r: r["gold"])
+        lines.append(f"best-of-N, reward model {rm}: peak gold {peak['gold']:+.2f} at N = {peak['n']}, at N = "
+                     f"{bon[-1]['n']} {bon[-1]['gold']:+.2f} ({peak['gold'] - bon[-1]['gold']:.2f} below the peak)")
     return "\n".join(lines)
 
 
 def draw(plt, rows):
-    rms = list(dict.fromkeys(r["rm"] for r in rows if r["type"] == "point"))
-    fig, axes = plt.subplots(2, len(rms), figsize=(6 * len(rms), 8), squeeze=False)
+    """Gold (top) and the reward-model score (bottom) against sqrt(KL): PPO on the left, best-of-N on the right, one
+    line per reward model, Gao et al.'s fits dotted."""
+    fig, axes = plt.subplots(2, 2, figsize=(13, 9), squeeze=False)
     fits = {(r["rm"], r["method"]): r for r in rows if r["type"] == "fit"}
     pairs = {r["rm"]: r["pairs"] for r in rows if r["type"] == "reward_model"}
-    for col, rm in enumerate(rms):
-        for method in dict.fromkeys(r["method"] for r in rows if r["type"] == "point"):
+    methods = list(dict.fromkeys(r["method"] for r in rows if r["type"] == "point"))
+    rms = list(dict.fromkeys(r["rm"] for r in rows if r["type"] == "point"))
+    colours = {rm: f"C{i}" for i, rm in enumerate(rms)}
+    for method in methods:
+        col = 1 if method == "best-of-N" else 0
+        for rm in rms:
             points = [r for r in rows if r["type"] == "point" and r["rm"] == rm and r["method"] == method]
+            if not points:
+                continue
             d = [p["d"] for p in points]
-            line, = axes[0, col].plot(d, [p["gold"] for p in points], marker="o", markersize=3, label=method)
-            axes[1, col].plot(d, [p["score"] for p in points], marker="o", markersize=3, label=method)
+            style = dict(marker="o", markersize=3, color=colours[rm], linestyle="--" if "default" in method else "-")
+            label = f"{rm} ({pairs.get(rm, pairs.get('ensemble mean', '?'))} pairs)" + (
+                ", default KL penalty" if "default" in method else "")
+            axes[0, col].plot(d, [p["gold"] for p in points], label=label, **style)
+            axes[1, col].plot(d, [p["score"] for p in points], label=label, **style)
             fit = fits.get((rm, method))
             if fit:
                 grid = np.linspace(0, max(d), 100)
                 bend = grid * grid if fit["form"] == "bon" else grid * np.log(np.where(grid > 0, grid, 1.0))
                 axes[0, col].plot(grid, fit["gold0"] + fit["alpha"] * grid - fit["beta"] * bend, linestyle=":",
-                                  color=line.get_color(), label=f"fit: α={fit['alpha']:.2f}, β={fit['beta']:.2f}, "
-                                                                f"R²={fit['r2']:.2f}")
-        title = f"reward model on {pairs.get(rm, '?')} labelled pairs ({rm})"
-        axes[0, col].set_title(f"{title}\ngold score (the truth)", fontsize=10)
+                                  color=colours[rm], linewidth=1)
+    for col, title in enumerate((methods[0] + " (dashed: the default KL penalty)", "best-of-N")):
+        axes[0, col].set_title(f"{title}\ngold score (the truth; dotted: Gao et al.'s fit)", fontsize=10)
         axes[1, col].set_title("reward-model score (the proxy being optimised)", fontsize=10)
         for ax in axes[:, col]:
-            ax.set_xlabel("√KL to SFT (best-of-N: log N - (N-1)/N, an upper bound)", fontsize=8)
+            ax.set_xlabel("√KL to SFT" + (" (log N - (N-1)/N, an upper bound)" if col else ""), fontsize=8)
             ax.legend(fontsize=7)
     fig.tight_layout()
     return fig

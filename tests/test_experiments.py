@@ -121,8 +121,10 @@ def test_overoptimisation(base):
     assert models["all"]["pairs"] == n_pairs and models["small"]["pairs"] == round(0.5 * n_pairs)
     assert len((base / "out/experiments/overoptimisation/labels_small/prefs_train.jsonl").read_text().splitlines()) \
         == round(0.5 * n_pairs)
-    for rm in ("all", "small"):
-        for method in ("PPO, beta 0", "PPO, default KL penalty"):
+    assert models["ensemble mean"]["pairs"] == models["warm"]["pairs"] == n_pairs
+    rms = ("all", "small", "ensemble mean", "ensemble min", "ensemble uwo", "warm")
+    for rm in rms:
+        for method in ("PPO, beta 0", "PPO, default KL penalty")[:2 if rm in ("all", "small") else 1]:
             points = [r for r in rows if r["type"] == "point" and r["rm"] == rm and r["method"] == method]
             assert [p["step"] for p in points] == [0, 1, 2, 3]  # the SFT policy, then an evaluation per iteration
             assert points[0]["kl"] == 0 and all(p["d"] == pytest.approx(math.sqrt(p["kl"])) for p in points)
@@ -131,6 +133,16 @@ def test_overoptimisation(base):
         fits = {r["method"]: r for r in rows if r["type"] == "fit" and r["rm"] == rm}
         assert fits.keys() == {"best-of-N", "PPO, beta 0"}
         assert {"alpha", "beta", "r2"} <= fits["best-of-N"].keys()
+    # the same samples, scored by the ensemble's aggregations: the worst member and the mean less the members'
+    # disagreement each below the mean
+    first = {r["rm"]: r["score"] for r in rows if r["type"] == "point" and r["method"] == "best-of-N" and r["n"] == 1}
+    assert max(first["ensemble min"], first["ensemble uwo"]) < first["ensemble mean"]
+    ensemble = load_checkpoint(base / "out/experiments/overoptimisation/reward_ensemble/ckpt.pt")
+    assert ensemble["kind"] == "reward_ensemble" and ensemble["members"] == 2
+    ckpt = load_checkpoint(base / "out/experiments/overoptimisation/ppo_ensemble_uwo_beta0/ckpt.pt")
+    assert ckpt["config"]["reward_agg"] == "uwo" and ckpt["config"]["reward_ckpt"].endswith("reward_ensemble/ckpt.pt")
+    ckpt = load_checkpoint(base / "out/experiments/overoptimisation/ppo_warm_beta0/ckpt.pt")
+    assert ckpt["config"]["reward_ckpt"].endswith("reward_ensemble/warm.pt")
     ckpt = load_checkpoint(base / "out/experiments/overoptimisation/ppo_small_beta0/ckpt.pt")
     assert ckpt["config"]["kl_coef"] == 0 and ckpt["config"]["reward_ckpt"].endswith("reward_small/ckpt.pt")
     assert load_checkpoint(base / "out/experiments/overoptimisation/ppo_small_default_beta/ckpt.pt")["config"][

@@ -14,7 +14,7 @@ import common
 import ppo
 from common import parse_config, save_checkpoint, setup_runtime
 from data import world
-from model import GPT, GPTConfig, RewardModel, response_mask
+from model import GPT, GPTConfig, RewardEnsemble, RewardModel, response_mask
 from tokenizer import load_tokenizer, save_bpe, train_bpe
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -859,3 +859,24 @@ def test_a_prompts_group_stays_in_one_process(tiny_stages, monkeypatch):
     monkeypatch.setattr(common, "setup_runtime", two)
     with pytest.raises(SystemExit, match="and its 1 prompts one of the 2 processes: a prompt's replies in one process"):
         ppo.main(tiny_ppo_args(tiny_stages, "two") + ["--advantage", "grpo"])
+
+
+def test_an_ensemble_scores_with_the_aggregation_asked_for(tiny_stages):
+    """A reward_ensemble checkpoint scores rollouts and evaluations as one model: the SFT model's held-out samples
+    (the same under every aggregation, drawn before training) score lowest under min, then uwo, then mean."""
+    rm = common.load_checkpoint(tiny_stages / "rm.pt")
+    config = GPTConfig(**rm["model_config"])
+    torch.manual_seed(1)
+    members = [RewardModel(config) for _ in range(3)]
+    save_checkpoint(tiny_stages / "ensemble.pt", {"kind": "reward_ensemble", "members": 3,
+                                                  "model": RewardEnsemble(members).state_dict(),
+                                                  "model_config": rm["model_config"], "tokenizer": rm["tokenizer"]})
+    sft_score = {}
+    for how in ("mean", "uwo", "min"):
+        summary = ppo.main(tiny_ppo_args(tiny_stages, how) + ["--reward_ckpt", str(tiny_stages / "ensemble.pt"),
+                                                              "--reward_agg", how, "--iterations", "1"])
+        sft_score[how] = summary["sft_score"]
+        assert math.isfinite(summary["score"])
+    assert sft_score["min"] < sft_score["uwo"] < sft_score["mean"]
+    with pytest.raises(SystemExit, match="is one reward model, and --reward_agg uwo aggregates an ensemble"):
+        ppo.main(tiny_ppo_args(tiny_stages, "single") + ["--reward_agg", "uwo"])

@@ -1,4 +1,5 @@
 import collections
+import copy
 import json
 import math
 import os
@@ -14,7 +15,7 @@ import common
 import reward
 from common import load_policy, load_reward_model, pad, sample, save_checkpoint, setup_runtime
 from data import world
-from model import GPT, GPTConfig, RewardModel
+from model import REWARD_AGGREGATIONS, GPT, GPTConfig, RewardEnsemble, RewardModel, ensemble_reward
 from reward import collate, preference_loss
 from tokenizer import EOT, load_tokenizer, save_bpe, train_bpe
 
@@ -253,3 +254,92 @@ def test_final_validation_numbers_are_on_the_scale_of_the_training_curve(tiny_ta
     raw = reward.evaluate(rm, pairs, reward.Config(), setup_runtime("cpu"), enc.eot_token)
     for key in ("val_loss", "val_margin", "val_reward_mean", "val_reward_std", "val_accuracy"):
         assert summary[key] == pytest.approx(raw[key], abs=1e-6), key
+
+
+def test_ensemble_aggregations_known_values():
+    scores = torch.tensor([[1.0, 0.0, -2.0], [3.0, 0.0, 2.0]])  # 2 members x 3 responses
+    assert ensemble_reward(scores, "mean").tolist() == [2.0, 0.0, 0.0]
+    assert ensemble_reward(scores, "min").tolist() == [1.0, 0.0, -2.0]
+    # the members' variance (over members, not n - 1): [1, 0, 4]; less half of it
+    assert ensemble_reward(scores, "uwo", 0.5).tolist() == [1.5, 0.0, -2.0]
+    assert ensemble_reward(scores, "uwo", 0.0).tolist() == [2.0, 0.0, 0.0]
+    for how in REWARD_AGGREGATIONS:  # one member is that member, whatever the aggregation
+        assert torch.equal(ensemble_reward(scores[1:], how, 3.0), scores[1])
+    with pytest.raises(ValueError, match="unknown aggregation 'max'"):
+        ensemble_reward(scores, "max")
+
+
+@torch.no_grad()
+def test_weight_average_is_the_mean_of_the_weights():
+    torch.manual_seed(0)
+    config = GPTConfig(block_size=32, vocab_size=50, n_layer=1, n_head=2, n_embd=16)
+    a, b = RewardModel(config), RewardModel(config)
+    ids, mask = collate(PAIRS, EOT_ID, "cpu")
+    same = reward.weight_average([a, copy.deepcopy(a)])  # of identical members: each of them
+    for k, v in a.state_dict().items():
+        assert torch.equal(same.state_dict()[k], v), k
+    torch.testing.assert_close(same(ids, mask), a(ids, mask), rtol=0, atol=0)
+    mixed = reward.weight_average([a, b])
+    for k, v in mixed.state_dict().items():
+        torch.testing.assert_close(v, (a.state_dict()[k] + b.state_dict()[k]) / 2)
+    assert not torch.equal(mixed(ids, mask), a(ids, mask))
+
+
+def test_an_ensemble_of_members_warm_and_resume(tiny_task, killed_at_first_checkpoint):
+    single = reward.main(tiny_args(tiny_task, "one"))
+    three = lambda out: tiny_args(tiny_task, out) + ["--members", "3", "--warm"]
+    summary = reward.main(three("three"))
+    one = common.load_checkpoint(tiny_task / "one" / "ckpt.pt")
+    ensemble, _ = load_reward_model(tiny_task / "three" / "ckpt.pt")
+    assert isinstance(ensemble, RewardEnsemble) and len(ensemble.members) == 3
+    # member 0 is the single model, normalisation included: the same head, data order and samples
+    for k, v in one["model"].items():
+        assert torch.equal(ensemble.members[0].state_dict()[k], v), k
+    assert not torch.equal(ensemble.members[1].head.proj.weight, ensemble.members[0].head.proj.weight)
+    assert summary["member0/val_accuracy"] == pytest.approx(single["val_accuracy"])
+    assert summary["member0/norm_gain"] == pytest.approx(single["norm_gain"])
+
+    # scored as one: the mean of the members, or the aggregation asked for
+    enc = load_tokenizer(one["tokenizer"])
+    _, pairs = reward.load_pairs(tiny_task / "val.jsonl", enc, 64, lambda *a: None)
+    ids, mask = collate(pairs, enc.eot_token, "cpu")
+    with torch.no_grad():
+        members = ensemble.member_rewards(ids, mask)
+        torch.testing.assert_close(ensemble(ids, mask), members.mean(0))
+        worst, _ = load_reward_model(tiny_task / "three" / "ckpt.pt", how="min")
+        torch.testing.assert_close(worst(ids, mask), members.min(0).values)
+        cautious, _ = load_reward_model(tiny_task / "three" / "ckpt.pt", how="uwo", uwo_lambda=2.0)
+        torch.testing.assert_close(cautious(ids, mask), members.mean(0) - 2 * members.var(0, correction=0))
+
+        # the weight average: one ordinary reward model, the members' mean weights, normalised on its own
+        warm, _ = load_reward_model(tiny_task / "three" / "warm.pt")
+        assert isinstance(warm, RewardModel)
+        for k, v in warm.state_dict().items():
+            if k not in ("gain", "bias"):
+                torch.testing.assert_close(v, torch.stack([m.state_dict()[k] for m in ensemble.members]).mean(0))
+        assert warm.gain.item() == summary["warm/norm_gain"] not in [summary[f"member{m}/norm_gain"] for m in range(3)]
+
+    # killed within member 0, or at the end of member 0 (no checkpoint before it), each resumes to the same end
+    for out, extra in (("killed_in_member0", []), ("killed_between", ["--ckpt_interval", "100"])):
+        with killed_at_first_checkpoint():
+            reward.main(three(out) + extra)
+        assert common.load_checkpoint(tiny_task / out / "ckpt.pt")["step"] == (4 if not extra else 8)
+        reward.main(["--out_dir", str(tiny_task / out), "--resume"])
+        resumed = common.load_checkpoint(tiny_task / out / "ckpt.pt")
+        for k, v in common.load_checkpoint(tiny_task / "three" / "ckpt.pt")["model"].items():
+            assert torch.equal(v, resumed["model"][k]), (out, k)
+        assert resumed["summary"] == summary
+        steps = [json.loads(l)["step"] for l in (tiny_task / out / "metrics.jsonl").read_text().splitlines()]
+        assert steps == list(range(1, 25)) + [24]
+
+
+def test_ensemble_refusals(tiny_task):
+    with pytest.raises(SystemExit, match="--warm averages the members' weights: give --members 2 or more"):
+        reward.main(tiny_args(tiny_task, "warm1") + ["--warm"])
+    with pytest.raises(SystemExit, match="--members must be at least 1, not 0"):
+        reward.main(tiny_args(tiny_task, "none") + ["--members", "0"])
+    reward.main(tiny_args(tiny_task, "one"))
+    with pytest.raises(SystemExit, match="is one reward model, and --reward_agg min aggregates an ensemble"):
+        load_reward_model(tiny_task / "one" / "ckpt.pt", how="min")
+    with pytest.raises(SystemExit, match="--reward_agg must be one of mean, min, uwo, not 'max'"):
+        load_reward_model(tiny_task / "one" / "ckpt.pt", how="max")
