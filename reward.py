@@ -6,10 +6,13 @@ the end-of-text token that closes the response: the only position that has seen 
 It is trained with the Bradley-Terry loss, P(chosen beats rejected) = sigmoid(r_chosen - r_rejected).
 At the end the reward is scaled and shifted so that the SFT policy's own samples, where PPO starts, score
 mean 0 and standard deviation 1. With no arguments it trains on the built-in task; by flags, on any JSONL of
-{prompt, chosen, rejected}.
+{prompt, chosen, rejected}. With --members K it trains K reward models one after another, each from the SFT model
+with its own head and data order: an ensemble that PPO and the experiments score as one (model.ensemble_reward),
+and with --warm their weight average as one more reward model.
 
     python reward.py
     python reward.py --train_file pairs.jsonl --val_file pairs_val.jsonl --prompts_file prompts.jsonl
+    python reward.py --members 4 --warm --out_dir out/reward_ensemble
 """
 
 import collections

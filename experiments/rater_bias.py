@@ -5,8 +5,8 @@ flattery and padding.
 
 The default pipeline's comparison sets (the SFT model's own responses, in out/label/samples.jsonl) are labelled again
 by biased simulated raters, with the same random numbers as the unbiased ones, so only the bias differs. A reward
-model and PPO are trained on those labels, and PPO on the unbiased labels' reward model beside it, everything else at
-the defaults. Reported before (the SFT policy) and after PPO, on held-out prompts: the reward model's score, the gold
+model (or with --members an ensemble) and PPO are trained on those labels, and PPO on the unbiased labels' reward
+model beside it, everything else at the defaults. Reported before (the SFT policy) and after PPO, on held-out prompts: the reward model's score, the gold
 score, the share of flattering replies (any of data.world.FLATTERY's phrases) and the mean length.
 
 It needs the default pipeline's SFT model, labels and reward model (python sft.py && python label.py && python
@@ -14,6 +14,7 @@ reward.py). About 4 minutes on two CPU cores, as estimated from short runs of it
 
     python -m experiments.rater_bias
     python -m experiments.rater_bias --rater_bias 3 --eval_prompts out/data/val_prompts.jsonl
+    python -m experiments.rater_bias --members 4 --reward_agg min --out_dir out/experiments/rater_bias_ensemble
 """
 
 import json
@@ -37,6 +38,8 @@ class Config:
     out_dir: str = "out/experiments/rater_bias"  # the runs, rater_bias.jsonl and rater_bias.png
     eval_prompts: str = ""  # held-out JSONL of {prompt}; empty: the built-in task's (tune on out/data/val_prompts.jsonl)
     rater_bias: float = 2.0  # how much the biased raters over-reward flattery and length (label.py --rater_bias)
+    members: int = 1  # the biased labels' reward model: one, or an ensemble of this many (reward.py --members)
+    reward_agg: str = "mean"  # with members > 1: how PPO scores with the biased labels' ensemble (ppo.py --reward_agg)
     n_eval: int = 256  # held-out prompts the policies answer
     max_new_tokens: int = 64  # response length limit of the SFT policy's held-out answers (the stages' default)
     seed: int = 0  # of every run and of the SFT policy's held-out answers
@@ -95,21 +98,22 @@ def run(cfg, bar):
               cfg.tiny)
     reward_biased, _ = run_stage(bar, "reward", f"{cfg.out_dir}/reward_biased", [
         "--sft_ckpt", sft_ckpt, "--train_file", biased / "prefs_train.jsonl", "--val_file", biased / "prefs_val.jsonl",
-        "--prompts_file", f"{data_dir}/prompts_train.jsonl", "--seed", cfg.seed], cfg.tiny)
+        "--prompts_file", f"{data_dir}/prompts_train.jsonl", "--seed", cfg.seed, "--members", cfg.members], cfg.tiny)
 
     sft_rows = sft_answers(sft_ckpt, eval_prompts, cfg.n_eval, cfg.max_new_tokens, cfg.seed)
     rows = []
-    for labels, bias, labels_dir, reward_dir in (("unbiased", 0.0, base_label, f"{cfg.base}/reward"),
-                                                 ("biased", cfg.rater_bias, biased, f"{cfg.out_dir}/reward_biased")):
+    arms = (("unbiased", 0.0, base_label, f"{cfg.base}/reward", 1, "mean"),
+            ("biased", cfg.rater_bias, biased, f"{cfg.out_dir}/reward_biased", cfg.members, cfg.reward_agg))
+    for labels, bias, labels_dir, reward_dir, members, how in arms:
         run_dir = f"{cfg.out_dir}/ppo_{labels}"
         summary, seconds = run_stage(bar, "ppo", run_dir, [
-            "--sft_ckpt", sft_ckpt, "--reward_ckpt", f"{reward_dir}/ckpt.pt", "--eval_prompts", eval_prompts,
-            "--n_eval", cfg.n_eval, "--seed", cfg.seed], cfg.tiny)
+            "--sft_ckpt", sft_ckpt, "--reward_ckpt", f"{reward_dir}/ckpt.pt", "--reward_agg", how,
+            "--eval_prompts", eval_prompts, "--n_eval", cfg.n_eval, "--seed", cfg.seed], cfg.tiny)
         ppo_rows = [json.loads(line) for line in Path(run_dir, "samples.jsonl").read_text().splitlines()]
         rm = reward_biased if labels == "biased" else final_metrics(reward_dir)
         # the replies that show what PPO learned: flattering ones first, then the longest
         shown = sorted(ppo_rows, key=lambda r: (flattering(r["response"]), len(r["response"])), reverse=True)[:3]
-        rows.append({"type": "run", "labels": labels, "rater_bias": bias,
+        rows.append({"type": "run", "labels": labels, "rater_bias": bias, "members": members, "reward_agg": how,
                      **label_shares(Path(labels_dir, "prefs_train.jsonl")),
                      "rm_val_accuracy": rm["val_accuracy"], "rm_gold_agreement": rm.get("val_gold_agreement"),
                      "sft_score": summary["sft_score"], "score": summary["score"],
@@ -127,7 +131,8 @@ def summary(rows):
     for r in rows:
         if r["type"] != "run":
             continue
-        lines.append(f"{r['labels']} labels (rater bias {r['rater_bias']:g}; when one reply of a pair flatters, the "
+        model = f"an ensemble of {r['members']} ({r['reward_agg']})" if r.get("members", 1) > 1 else "one reward model"
+        lines.append(f"{r['labels']} labels, {model} (rater bias {r['rater_bias']:g}; when one reply of a pair flatters, the "
                      f"raters chose it {r['flattering_chosen']:.0%} of the time, the longer reply "
                      f"{r['longer_chosen']:.0%}), SFT -> PPO: reward-model score {r['sft_score']:+.2f} -> "
                      f"{r['score']:+.2f}, gold {r['sft_gold']:+.2f} -> {r['gold']:+.2f}, flattering replies "

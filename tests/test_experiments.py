@@ -14,6 +14,7 @@ import ppo
 from common import load_checkpoint
 from experiments.common import TINY_ARGS, best_of_n, best_of_n_kl
 from experiments.overoptimisation import gao_fit
+from experiments.ranked_labels import decisions_per_ranking
 from experiments.rater_bias import flattering
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -168,11 +169,16 @@ def test_rater_bias(base):
     # the same random numbers, a bias towards flattery: flattering replies are chosen at least as often
     assert runs["biased"]["flattering_chosen"] >= runs["unbiased"]["flattering_chosen"]
     assert "flattering replies" in stdout
-    # again without the bias: the same raters give the very answers of the default pipeline, not the last run's
+    # again without the bias: the same raters give the very answers of the default pipeline, not the last run's;
+    # and the biased arm's reward model an ensemble, PPO scoring with its worst member
     biased_labels = (out / "label_biased/prefs_train.jsonl").read_text()
-    run(base, "-m", "experiments.rater_bias", "--tiny", "--rater_bias", "0")
+    run(base, "-m", "experiments.rater_bias", "--tiny", "--rater_bias", "0", "--members", "2", "--reward_agg", "min")
     assert (out / "label_biased/prefs_train.jsonl").read_text() == (base / "out/label/prefs_train.jsonl").read_text() \
         != biased_labels
+    assert load_checkpoint(out / "reward_biased/ckpt.pt")["members"] == 2
+    assert load_checkpoint(out / "ppo_biased/ckpt.pt")["config"]["reward_agg"] == "min"
+    runs = {r["labels"]: r for r in rows_of(out / "rater_bias.jsonl") if r["type"] == "run"}
+    assert (runs["biased"]["members"], runs["unbiased"]["members"]) == (2, 1)
 
 
 def test_seeds_reuses_the_base_run_for_its_seed(base):
@@ -227,3 +233,26 @@ def test_critic_free_table_seeds_and_wrong_lengths(base):
     assert [(r["advantage"], r["reward"]) for r in rows if r["type"] == "run"] == [("gae", "rm"), ("grpo", "rm")]
     assert rows[0]["seconds"] == runs[0]["seconds"] and (out / "seed0/gae_rm/ckpt.pt").stat().st_mtime == written
     assert not any(r["type"] == "wrong_length" for r in rows)  # no verifier among the rewards run
+
+
+def test_decisions_per_ranking():
+    assert [decisions_per_ranking(m) for m in (1, 2, 3, 4, 5, 9)] == [0, 1, 3, 5, 7, 19]
+
+
+def test_ranked_labels(base):
+    run(base, "-m", "experiments.ranked_labels", "--tiny")
+    out = base / "out/experiments/ranked_labels"
+    rows = rows_of(out / "ranked_labels.jsonl")
+    [eval_pairs] = [r for r in rows if r["type"] == "eval_pairs"]
+    assert eval_pairs["pairs"] == 10 and 0 <= eval_pairs["raters_agreement"] <= 1
+    points = {(r["k"], r["budget"]): r for r in rows if r["type"] == "point"}
+    assert points.keys() == {(2, 20), (2, 40), (4, 20), (4, 40)}
+    for (k, budget), r in points.items():
+        sets = [json.loads(l) for l in (out / f"label_k{k}_d{budget}/samples.jsonl").read_text().splitlines()]
+        assert r["sets"] == len(sets) == (budget if k == 2 else budget // 5)
+        assert r["decisions"] == sum(decisions_per_ranking(len(s["responses"])) for s in sets) <= budget
+        # every reward model is measured on the same held-out pairs, of prompts none of them trained on
+        config = load_checkpoint(out / f"reward_k{k}_d{budget}/ckpt.pt")["config"]
+        assert config["val_file"].endswith("label_eval/prefs_val.jsonl")
+        assert 0 <= r["val_gold_agreement"] <= 1
+    assert points[(2, 40)]["train_pairs"] == 36 and points[(4, 40)]["train_pairs"] > points[(4, 40)]["sets"]
