@@ -201,17 +201,16 @@ def print_summary(summary, ended, classes, val_file):
     if classes is None:
         print(f"no gold judge for these pairs (it knows the built-in task's prompts only): the accuracy against the "
               f"held-out labels of {val_file} is the measure")
-        return
-    print(f"agreement with the gold judge {summary['val_gold_agreement']:.1%}; the raters' own: "
-          f"{summary['raters_ceiling']:.1%}")
-    counts = collections.Counter(k for k in classes if k.split(">")[0] != k.split(">")[1])
-    by_class = lambda prefix: ", ".join(f"{k} {summary[f'{prefix}val_gold_agreement/{k}']:.0%}"
-                                        for k, _ in counts.most_common())
-    print("by the gold judge's classes of the better > the worse reply: " + ", ".join(
-        f"{k} {summary[f'val_gold_agreement/{k}']:.0%} of {n}" for k, n in counts.most_common()))
-    for name in [k.removesuffix("/val_accuracy") for k in summary if k.endswith("/val_accuracy")]:
-        print(f"  {name}: accuracy {summary[f'{name}/val_accuracy']:.1%}, gold agreement "
-              f"{summary[f'{name}/val_gold_agreement']:.1%}; {by_class(f'{name}/')}")
+    else:
+        print(f"agreement with the gold judge {summary['val_gold_agreement']:.1%}; the raters' own: "
+              f"{summary['raters_ceiling']:.1%}")
+        counts = collections.Counter(k for k in classes if k.split(">")[0] != k.split(">")[1])
+        print("by the gold judge's classes of the better > the worse reply: " + ", ".join(
+            f"{k} {summary[f'val_gold_agreement/{k}']:.0%} of {n}" for k, n in counts.most_common()))
+    for name in [k.removesuffix("/val_accuracy") for k in summary if k.endswith("/val_accuracy")]:  # an ensemble's
+        print(f"  {name}: accuracy {summary[f'{name}/val_accuracy']:.1%}" + ("" if classes is None else (
+            f", gold agreement {summary[f'{name}/val_gold_agreement']:.1%}; " + ", ".join(
+                f"{k} {summary[f'{name}/val_gold_agreement/{k}']:.0%}" for k, _ in counts.most_common()))))
 
 
 def main(argv=None):
