@@ -11,7 +11,7 @@ import common
 import dpo
 import reward
 from common import batch_at, fit_pair_to_context, load_policy, load_reward_model, save_checkpoint
-from model import GPT, GPTConfig, RewardModel
+from model import GPT, GPTConfig, RewardEnsemble, RewardModel
 from ppo import response_logprobs
 
 
@@ -37,9 +37,12 @@ def test_a_checkpoint_of_the_wrong_kind_is_refused_in_one_line(tmp_path):
     save_checkpoint(tmp_path / "ppo.pt", {"kind": "ppo_policy", "model": GPT(config).state_dict(), **shared})
     save_checkpoint(tmp_path / "rm.pt", {"kind": "reward_model", "model": RewardModel(config).state_dict(), **shared})
     save_checkpoint(tmp_path / "old.pt", {"model": GPT(config).state_dict(), **shared})
+    save_checkpoint(tmp_path / "ensemble.pt", {"kind": "reward_ensemble", "members": 2, **shared,
+                                               "model": RewardEnsemble([RewardModel(config)] * 2).state_dict()})
     load_policy(tmp_path / "sft.pt")
     load_policy(tmp_path / "ppo.pt")  # PPO's policy, without its value head, is a policy for later stages
     load_reward_model(tmp_path / "rm.pt")
+    assert len(load_reward_model(tmp_path / "ensemble.pt")[0].members) == 2
 
     def refusal(load, path, flag):
         with pytest.raises(SystemExit) as e:
@@ -48,10 +51,13 @@ def test_a_checkpoint_of_the_wrong_kind_is_refused_in_one_line(tmp_path):
 
     assert refusal(load_reward_model, "sft.pt", "--reward_ckpt") == (
         "sft.pt is a policy checkpoint (written by sft.py or dpo.py); "
-        "--reward_ckpt needs a reward_model checkpoint (written by reward.py)")
+        "--reward_ckpt needs a reward_model checkpoint (written by reward.py) or a reward_ensemble checkpoint "
+        "(written by reward.py --members K)")
     assert refusal(load_policy, "rm.pt", "--sft_ckpt") == (
         "rm.pt is a reward_model checkpoint (written by reward.py); --sft_ckpt needs a policy checkpoint "
         "(written by sft.py or dpo.py) or a ppo_policy checkpoint (written by ppo.py)")
+    assert refusal(load_policy, "ensemble.pt", "--sft_ckpt").startswith(
+        "ensemble.pt is a reward_ensemble checkpoint (written by reward.py --members K); --sft_ckpt needs a policy")
     assert refusal(load_policy, "old.pt", "--sft_ckpt").startswith(
         "old.pt records no kind: an older version of this code wrote it; --sft_ckpt needs a policy checkpoint")
 
