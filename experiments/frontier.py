@@ -40,8 +40,8 @@ class Config:
     eval_prompts: str = ""  # held-out JSONL of {prompt}; empty: the built-in task's (tune on out/data/val_prompts.jsonl)
     methods: tuple = ("ppo", "rloo", "grpo", "dpo", "best-of-n")  # the curves to run: tuning needs only ppo, rloo, grpo
     ppo_betas: tuple = ("0.02", "0.05", "0.1", "0.2", "0.3", "1.0")  # PPO's per-token KL coefficients, one run each
-    rloo_betas: tuple = ("0.05", "0.1", "0.2", "0.3", "1.0")  # RLOO's, the KL paid in the reward as PPO pays it
-    grpo_betas: tuple = ("0.2", "0.5", "1.0", "2.0", "5.0")  # GRPO's weight of k3 in the loss: at 0.2 its KL is PPO's at 0.05
+    rloo_betas: tuple = ("0.05", "0.2", "0.3", "0.5", "1.0")  # RLOO's, the KL paid in the reward as PPO pays it
+    grpo_betas: tuple = ("0.2", "0.3", "0.5", "1.0", "2.0")  # GRPO's weight of k3 in the loss: at 0.2 its KL runs to ~5 nats
     dpo_betas: tuple = ("0.05", "0.1", "0.25", "0.5", "1.0")  # DPO's beta, one run each
     bon_max: int = 64  # best-of-N for N = 1, 2, 4, ... up to this, from bon_max samples per prompt
     bon_prompts: int = 256  # held-out prompts for best-of-N (the trained policies answer n_eval of them: 256 by default)
