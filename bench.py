@@ -2,10 +2,10 @@
 How fast the real training code runs: one JSON line per measurement, each naming the machine it ran on.
 
 Every workload is built from the stages' own functions (sft.sft_loss, dpo.dpo_loss, reward.preference_loss,
-ppo.rollout and ppo.ppo_update, GPT.generate) on random weights and random token ids, so a change to the
-code shows up here. Each training step reports its model FLOP/s as a share of the rate at which the same
-machine, in the same run, multiplies two square matrices: the distance to the limit, read in one run on
-any machine. Times are medians over several steps after a warm-up.
+ppo.rollout and ppo.ppo_update, for PPO and for each of ppo.py's --advantage estimators, GPT.generate) on random
+weights and random token ids, so a change to the code shows up here. Each training step reports its model FLOP/s
+as a share of the rate at which the same machine, in the same run, multiplies two square matrices: the distance to
+the limit, read in one run on any machine. Times are medians over several steps after a warm-up.
 
     python bench.py small     # CPU: 6 layers, width 384, vocabulary 4096, fp32
     python bench.py gpt2      # CUDA: GPT-2 124M at context 1024, bf16, the SFT step compiled
@@ -34,16 +34,17 @@ from common import frozen, setup_runtime
 from model import GPT, GPTConfig, RewardModel, sample_token
 
 # Shapes, from the issue that asked for this benchmark. (sequences, tokens) for SFT; (prompts, prompt tokens,
-# new tokens) for sampling and PPO; (pairs, prompt tokens, response tokens) for DPO and the reward model.
+# new tokens) for sampling and PPO; (replies, prompt tokens, new tokens) for each estimator's iteration; (pairs,
+# prompt tokens, response tokens) for DPO and the reward model.
 WORKLOADS = {
     "small": dict(device="cpu", dtype="float32", model=GPTConfig(256, 4096, 6, 6, 384), matmul=1024,
                   sft=(16, 128), sampling=(32, 32, 64), dpo=(8, 32, 64), dpo_ref_each_step=True, reward=(8, 32, 64),
-                  ppo=(32, 32, 48)),
+                  ppo=(32, 32, 48), estimators=(32, 32, 48)),
     "gpt2": dict(device="cuda", dtype="bfloat16", model=GPTConfig(1024, 50257, 12, 12, 768), matmul=8192,
                  compile=True, sft=(16, 1024), rollout=(256, 128, 128), dpo=(8, 512, 512)),
 }
 QUICK = dict(model=GPTConfig(64, 128, 2, 2, 32), matmul=64, sft=(2, 16), sampling=(2, 8, 8), rollout=(2, 8, 8),
-             dpo=(2, 8, 8), reward=(2, 8, 8), ppo=(2, 8, 8))
+             dpo=(2, 8, 8), reward=(2, 8, 8), ppo=(2, 8, 8), estimators=(4, 8, 8))
 # dense bf16 peaks of the GPUs we know, for MFU (first match in the device name); elsewhere the share of the
 # measured matmul rate stands alone
 PEAK_FLOPS = [("H100 PCIe", 756e12), ("H100", 989e12), ("H200", 989e12), ("A100", 312e12)]
@@ -292,6 +293,41 @@ def ppo_iteration(w, timer):
                         pcfg.ppo_epochs * 3 * pass_flops(cfg, n, prompt + new, n * new))]
 
 
+def estimator_iterations(w, timer):
+    """
+    One iteration, the rollout and the update, of each of ppo.py's --advantage estimators at ppo.py's defaults (its
+    replies per prompt, minibatch, epochs, temperature and beta) but for the workload's replies and lengths: a group
+    method answers a quarter as many prompts, 4 times each. Each starts from the same random policy.
+    """
+    cfg, (n, prompt, new), rt = w["model"], w["estimators"], timer.rt
+    start = GPT(cfg)
+    ref = frozen(copy.deepcopy(start).to(rt.device))
+    reward_model = frozen(RewardModel(cfg).to(rt.device))
+    records = []
+    for advantage in ppo.AGGREGATION:
+        pcfg = ppo.Config(advantage=advantage, rollout_batch=n, minibatch=min(ppo.Config.minibatch, n),
+                          max_new_tokens=new)
+        ppo.check(pcfg, rt)
+        k = ppo.samples_per_prompt(pcfg)
+        agent = (ppo.PolicyWithValue if advantage == "gae" else ppo.Policy)(copy.deepcopy(start)).to(rt.device).eval()
+        optimizer = torch.optim.Adam(agent.parameters(), lr=pcfg.lr, eps=1e-5)
+        prompts = [p for p in random_ids(n // k, prompt, cfg, torch.Generator().manual_seed(0)) for _ in range(k)]
+        g = torch.Generator(rt.device).manual_seed(0)
+        parts = []  # (rollout, update)
+        for _ in range(timer.warmup + timer.steps):
+            t0 = timer.clock()
+            batch, _ = ppo.rollout(agent, ref, reward_model, prompts, pcfg.kl_coef, pcfg, rt, cfg.vocab_size, g)
+            t1 = timer.clock()
+            ppo.ppo_update(agent, optimizer, batch, pcfg, rt, beta=pcfg.kl_coef)
+            parts.append((t1 - t0, timer.clock() - t1))
+        rollout_s, update_s = zip(*parts[timer.warmup:])
+        records.append({"name": f"iteration_{advantage}", "value": statistics.median(map(sum, parts[timer.warmup:])),
+                        "unit": "s", "rollout_s": statistics.median(rollout_s), "update_s": statistics.median(update_s),
+                        "replies": n, "samples_per_prompt": k, "minibatch": pcfg.minibatch,
+                        "ppo_epochs": pcfg.ppo_epochs})
+    return records
+
+
 @torch.no_grad()
 def generate_without_cache(model, idx, mask, max_new_tokens, temperature, generator):
     """The baseline a KV cache is measured against: the whole sequence through the model for every new token."""
@@ -318,7 +354,7 @@ def rollout_generation(w, timer):
 
 
 MEASUREMENTS = {"matmul": matmul, "sft": sft_step, "sampling": sampling, "rollout": rollout_generation,
-                "dpo": dpo_steps, "reward": reward_step, "ppo": ppo_iteration}
+                "dpo": dpo_steps, "reward": reward_step, "ppo": ppo_iteration, "estimators": estimator_iterations}
 
 
 def main(argv=None):

@@ -11,6 +11,7 @@ import torch
 
 import bench
 import common
+import ppo
 from model import GPT, GPTConfig
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -23,9 +24,10 @@ def test_quick_small_through_the_command_line():
     assert out.returncode == 0, out.stderr
     records = [json.loads(line) for line in out.stdout.splitlines()]
     chosen = re.search(r"cpu threads: (\d+) \(\d+ cores, [\d.]+ busy\)", out.stderr)  # common.set_cpu_threads
+    estimators = ["gae", "rloo", "grpo", "dr_grpo", "reinforce_pp"]
     assert [r["name"] for r in records] == ["matmul", "sft_step", "sampling", "dpo_step", "dpo_step_ref_each_step",
                                             "reward_step", "ppo_iteration", "ppo_generation", "ppo_scoring",
-                                            "ppo_update"]
+                                            "ppo_update", *(f"iteration_{a}" for a in estimators)]
     for r in records:
         assert r["value"] > 0 and r["unit"] and r["workload"] == "small --quick"
         assert set(r["machine"]) == {"cpu", "cores", "torch", "threads", "device"}
@@ -33,9 +35,16 @@ def test_quick_small_through_the_command_line():
     steps = [r for r in records if "matmul_share" in r]
     assert [r["name"] for r in steps] == ["sft_step", "dpo_step", "dpo_step_ref_each_step", "reward_step", "ppo_update"]
     assert all(r["matmul_share"] > 0 and r["model_gflop_per_s"] > 0 for r in steps)
-    ppo = {r["name"]: r["value"] for r in records if r["name"].startswith("ppo_")}
+    parts = {r["name"]: r["value"] for r in records if r["name"].startswith("ppo_")}
     # one step each: the parts add up to the whole
-    assert abs(ppo["ppo_generation"] + ppo["ppo_scoring"] + ppo["ppo_update"] - ppo["ppo_iteration"]) < 1e-3
+    assert abs(parts["ppo_generation"] + parts["ppo_scoring"] + parts["ppo_update"] - parts["ppo_iteration"]) < 1e-3
+    # an iteration of each estimator at ppo.py's defaults, as many replies each: the group methods 4 to a prompt
+    iterations = {r["name"].removeprefix("iteration_"): r for r in records if r["name"].startswith("iteration_")}
+    for advantage, r in iterations.items():
+        assert r["unit"] == "s" and r["rollout_s"] > 0 and r["update_s"] > 0
+        assert abs(r["rollout_s"] + r["update_s"] - r["value"]) < 1e-3
+        assert (r["replies"], r["minibatch"], r["ppo_epochs"]) == (4, 4, ppo.Config.ppo_epochs)
+        assert r["samples_per_prompt"] == (4 if advantage in ppo.GROUP_BASELINES else 1)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the gpt2 workload runs where there is a GPU")

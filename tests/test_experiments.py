@@ -91,27 +91,57 @@ def test_frontier_without_matplotlib_then_its_figure(base):
     hide = "import runpy, sys; sys.modules['matplotlib'] = None; sys.argv[0] = 'frontier'; " \
            "runpy.run_module('experiments.frontier', run_name='__main__', alter_sys=True)"
     out = base / "out/experiments/frontier"
-    stdout = run(base, "--tiny", "--ppo_betas", "0.1", "0.5", code=hide)
+    stdout = run(base, "--tiny", "--ppo_betas", "0.2", "0.5", "--grpo_betas", "1.0", "50.0", code=hide)
     assert "pip install matplotlib" in stdout and not (out / "frontier.png").exists()
     rows = rows_of(out / "frontier.jsonl")
     points = [r for r in rows if r["type"] == "point"]
     assert [(r["method"], r.get("beta", r.get("n"))) for r in points] == \
-        [("ppo", 0.1), ("ppo", 0.5), ("dpo", 0.5), ("best-of-n", 1), ("best-of-n", 2), ("best-of-n", 4)]
-    for r in points[:3]:
+        [("ppo", 0.2), ("ppo", 0.5), ("rloo", 0.1), ("grpo", 1.0), ("grpo", 50.0), ("dpo", 0.5), ("best-of-n", 1),
+         ("best-of-n", 2), ("best-of-n", 4)]
+    for r in points[:6]:
         assert {"kl", "gold", "score", "win_rate", "sft_gold", "seconds"} <= r.keys()
-    ppo_ckpt = load_checkpoint(out / "ppo_beta0.5/ckpt.pt")
-    assert ppo_ckpt["config"]["kl_coef"] == 0.5 and ppo_ckpt["config"]["seed"] == 0
-    bon = points[3:]
+    # each RL run is ppo.py with its estimator and beta, at ppo.py's defaults otherwise: as many replies per iteration
+    configs = {method: load_checkpoint(out / f"{method}_beta{beta}/ckpt.pt")["config"]
+               for method, beta in [("ppo", "0.5"), ("rloo", "0.1"), ("grpo", "50.0")]}
+    assert [(c["advantage"], c["kl_coef"], c["seed"], c["samples_per_prompt"]) for c in configs.values()] == \
+        [("gae", 0.5, 0, None), ("rloo", 0.1, 0, None), ("grpo", 50.0, 0, None)]
+    assert configs["ppo"]["rollout_batch"] == configs["rloo"]["rollout_batch"] == configs["grpo"]["rollout_batch"]
+    assert load_checkpoint(out / "dpo_beta0.5/ckpt.pt")["config"]["beta"] == 0.5
+    bon = points[6:]
     assert [r["kl"] for r in bon] == [best_of_n_kl(n) for n in (1, 2, 4)]
     # the reward model's favourite of more samples scores higher, on average
     assert bon[0]["score"] < bon[1]["score"] < bon[2]["score"]
     assert rows[-1]["type"] == "time" and rows[-1]["seconds"] > 0
+    # the tuning line: the best gold among RLOO's and GRPO's points at no more KL than PPO's at its default beta
+    ppo_kl = points[0]["kl"]
+    for method in ("rloo", "grpo"):
+        within = [r for r in points if r["method"] == method and r["kl"] <= ppo_kl]
+        line = f"{method}: the best gold at no more KL than PPO at beta 0.2 on these prompts: beta"
+        assert (line in stdout) == bool(within)
+        if within:
+            assert f"{line} {max(within, key=lambda r: r['gold'])['beta']:g} " in stdout
+
+    # run again with other methods, it reuses every RL run that finished with the config it would run now
+    written = (out / "ppo_beta0.2/ckpt.pt").stat().st_mtime
+    stdout = run(base, "-m", "experiments.frontier", "--tiny", "--methods", "ppo", "grpo", "--ppo_betas", "0.2",
+                 "--grpo_betas", "1.0", "2.0")
+    rows = rows_of(out / "frontier.jsonl")
+    assert [(r["method"], r["beta"]) for r in rows if r["type"] == "point"] == \
+        [("ppo", 0.2), ("grpo", 1.0), ("grpo", 2.0)]
+    assert rows[0]["seconds"] == points[0]["seconds"] and (out / "ppo_beta0.2/ckpt.pt").stat().st_mtime == written
 
     pytest.importorskip("matplotlib")
     before = (out / "frontier.jsonl").read_text()
     stdout = run(base, "-m", "experiments.frontier", "--plot_only")
     assert (out / "frontier.png").read_bytes()[:4] == b"\x89PNG" and (out / "frontier.jsonl").read_text() == before
-    assert "best-of-n" in stdout
+    assert "grpo" in stdout
+
+
+def test_frontier_refuses_an_unknown_method(base):
+    out = subprocess.run([sys.executable, "-m", "experiments.frontier", "--tiny", "--methods", "ppo", "kto"],
+                         cwd=base, env=ENV, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 1 and out.stderr.strip().splitlines()[-1] == \
+        "--methods takes ppo, rloo, grpo, dpo and best-of-n, not kto"
 
 
 def test_overoptimisation(base):
