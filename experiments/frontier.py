@@ -10,7 +10,7 @@ beta with the best gold at no more KL than PPO's default beta gets: run on the v
 
 It needs the default pipeline's SFT model, labels and reward model (python sft.py && python label.py && python
 reward.py). Each PPO, RLOO, GRPO and DPO run is its own process with one CPU thread, --jobs of them at a time, as in
-experiments/critic_free.py; an RL run that finished before with the config it would run now is reused. About 60
+experiments/critic_free.py; a run that finished before with the config it would run now is reused. About 60
 CPU-minutes with the defaults (half that on two cores); --tiny runs it in seconds.
 
     python -m experiments.frontier
@@ -24,8 +24,7 @@ from pathlib import Path
 import ppo
 from data import world
 from experiments.common import (TINY_ARGS, best_of_n, best_of_n_kl, experiment_main, held_out_prompts, needs,
-                                powers_of_two, sample_pool)
-from experiments.critic_free import measured, run_all
+                                powers_of_two, run_missing, sample_pool)
 from report import final_metrics
 
 RL = {"ppo": "gae", "rloo": "rloo", "grpo": "grpo"}  # the frontier's RL methods and ppo.py's --advantage of each
@@ -76,13 +75,10 @@ def run(cfg, bar):
             command = [f"{stage}.py", *(TINY_ARGS[stage] if cfg.tiny else []), *shared, *flags, "--out_dir", out]
             runs[method, beta] = (list(map(str, command)), f"{out}/log.txt")
     bar.total = len(runs) + ("best-of-n" in cfg.methods)
-    # the RL runs that finished before as they would run now are reused (critic_free's run.json); DPO always runs
-    times = {key: measured(*c) if key[0] in RL else None for key, c in runs.items()}
-    done = run_all([[c] for key, c in runs.items() if times[key] is None], cfg.jobs)
-    times.update({key: done[tuple(c[0])] for key, c in runs.items() if times[key] is None})
+    done = run_missing(list(runs.values()), cfg.jobs)  # a run that finished before as it would run now is reused
     bar.update(len(runs))
-    rows = [point(method, float(beta), final_metrics(Path(runs[method, beta][1]).parent), times[method, beta][0])
-            for method, beta in runs]
+    rows = [point(method, float(beta), final_metrics(Path(log).parent), done[tuple(command)][0])
+            for (method, beta), (command, log) in runs.items()]
 
     if "best-of-n" in cfg.methods:
         bar.set_postfix_str(f"best-of-{cfg.bon_max} samples of {sft_ckpt}")
