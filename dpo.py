@@ -8,10 +8,20 @@ fitting it is plain supervised learning on (prompt, chosen, rejected). The refer
 With no arguments it trains on the built-in task from out/sft/ckpt.pt; by flags, on any JSONL of
 {prompt, chosen, rejected}.
 
+That is offline DPO: the pairs are responses of the SFT model, and the policy drifts away from them as it
+trains. With --rounds R it is repeated on the policy's own responses: each round after the first samples the
+current policy, has the raters of the first round's pairs label its responses (label.py, with the settings it
+recorded beside them; into out_dir/round<r>/), and continues DPO from the current policy on those pairs. The
+reference stays the SFT model in every round, so every round optimises the same objective, reward - beta * KL to
+SFT, and beta and the KL mean what they mean for one round and for PPO; with the previous round's policy as the
+reference, each round would spend another KL budget on top of the last.
+
     python dpo.py
+    python dpo.py --rounds 3                 # offline DPO, then two rounds on the policy's own labelled responses
     python dpo.py --train_file prefs.jsonl --val_file prefs_val.jsonl --eval_prompts prompts.jsonl --device cuda
 """
 
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+import label
 from common import (MetricsLog, all_gather_rows, all_sum, batch_at, begin, check_finite, check_split, distributed,
                     fit_pair_to_context, frozen, leave_processes, load_policy, load_reward_model, lr_at, master_first,
                     optimizer_step, pad, read_jsonl, restore_run, save_run)
@@ -44,6 +55,7 @@ class Config:
     recompute_ref: bool = False  # reference log-probs every step, not once before training (holds two models)
     batch_size: int = 32  # preference pairs per step
     max_steps: int = 150  # optimizer steps
+    rounds: int = 1  # 1: DPO on the given pairs; R: then R - 1 rounds of sampling, labelling, DPO (max_steps each)
     lr: float = 5e-4  # peak learning rate
     warmup_steps: int = 10  # linear warmup steps
     grad_clip: float = 1.0  # clip the gradient norm to this
@@ -198,12 +210,67 @@ def check(cfg):
     if cfg.temperature <= 0:
         raise SystemExit(f"--temperature must be above 0, not {cfg.temperature}: the evaluation's KL is of "
                          f"softmax(logits / temperature), which greedy decoding does not sample from")
+    if cfg.rounds < 1:
+        raise SystemExit(f"--rounds must be at least 1, not {cfg.rounds}: 1 is DPO on the given pairs, and each "
+                         f"round more labels the policy's own responses and trains on them")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Rounds: from the second on, the pairs are the current policy's responses, labelled by label.py's code
+
+
+def raters_of(train_file):
+    """
+    The settings label.py recorded in the meta.json beside train_file, the first round's pairs: later rounds are
+    drawn and labelled with them (the same raters, prompts and number of comparison sets), from their own policy.
+    """
+    meta = Path(train_file).parent / "meta.json"
+    settings = json.loads(meta.read_text()).get("config", {}) if meta.exists() else {}
+    if "rater" not in settings:
+        raise SystemExit(f"--rounds above 1 labels each round as the first round's pairs were labelled, and "
+                         f"{train_file} has no meta.json of label.py's beside it to say how: give label.py's pairs "
+                         f"(the default --pairs labelled, or --train_file in label.py's --out_dir)")
+    return settings
+
+
+def label_round(raters, r, policy_ckpt, out_dir):
+    """
+    Round r's pairs: label.py as it labelled the first round's (raters: its settings), on responses of the policy in
+    policy_ckpt, into out_dir. It resumes where a killed run stopped, and draws anew if the policy changed.
+    """
+    # a seed of its own per round: the simulated raters draw their noise per comparison set, and every round's sets
+    # follow the prompts in the same order, so with one seed they would make the same mistakes round after round
+    settings = {**raters, "sft_ckpt": policy_ckpt, "out_dir": out_dir, "seed": raters["seed"] + r - 1}
+    label.main([f"--{k}={v}" for k, v in settings.items()])
+
+
+def print_rounds(log_path):
+    """A line per round: its held-out numbers (its final/ line in metrics.jsonl, resumed rounds' too) and its cost."""
+    finals = {}
+    for line in Path(log_path).read_text().splitlines():
+        record = json.loads(line)
+        final = {k.removeprefix("final/"): v for k, v in record.items() if k.startswith("final/")}
+        if final:
+            finals[record["step"]] = final  # a finished run resumed evaluates its last round again: the last word
+    shown = (("gold", "gold {:+.2f}"), ("win_rate", "win-rate against sft {:.1%}"), ("score", "reward model {:+.2f}"),
+             ("kl", "KL {:.2f}"), ("distinct", "distinct {:.0%}"))
+    for r, m in enumerate((finals[step] for step in sorted(finals)), 1):
+        numbers = ", ".join(fmt.format(m[key]) for key, fmt in shown if key in m)
+        print(f"round {r}: {numbers}; labelling {m['label_seconds']:.0f}s, training {m['train_seconds']:.0f}s")
+
+
+def reference_model(cfg, rt):
+    """The reference, frozen: the SFT model, in every round (see the docstring)."""
+    return frozen(load_policy(cfg.sft_ckpt, "--sft_ckpt")[0]).to(rt.device)
 
 
 def main(argv=None):
     cfg, rt, ckpt_path, resumed = begin("dpo", Config, argv)
     check(cfg)
     check_split(cfg.batch_size, "--batch_size", rt)
+    if cfg.rounds > 1 and rt.world_size > 1:
+        raise SystemExit("--rounds above 1 labels the policy's responses between rounds, in one process: run it as "
+                         "python dpo.py, not under torchrun")
     average = cfg.loss_type in MEAN_LOGPS
     if not cfg.train_file:
         with master_first(rt):  # the master generates the task, the others read it
@@ -214,102 +281,134 @@ def main(argv=None):
         raise SystemExit("with --train_file, also give --val_file and --eval_prompts")
     else:
         train_file, val_file, prompts_file = cfg.train_file, cfg.val_file, cfg.eval_prompts
+    raters = raters_of(train_file) if cfg.rounds > 1 else None
 
     policy, tokenizer_spec, _ = load_policy(cfg.sft_ckpt, "--sft_ckpt")
     # dropout off for good, whatever SFT used, as in PPO and the reward model: it would make the log-probs noisy,
     # and the policy would differ from the reference before its first step
     policy.to(rt.device).eval()
-    ref = frozen(load_policy(cfg.sft_ckpt, "--sft_ckpt")[0]).to(rt.device)
+    ref = reference_model(cfg, rt)
     enc = load_tokenizer(tokenizer_spec)
     eot = enc.eot_token
     max_len = policy.config.block_size
     rt.say(f"policy and reference from {cfg.sft_ckpt}: {policy.num_params() / 1e6:.2f}M parameters, "
            f"tokenizer {tokenizer_spec}")
-    train = load_pairs(train_file, enc, max_len, rt.say)
-    val = load_pairs(val_file, enc, max_len, rt.say)[:cfg.n_val_pairs]
     reward_model = None  # evaluation only: the reward model's view beside the gold judge's
     if rt.master and cfg.reward_ckpt and (Path(cfg.reward_ckpt).exists() or cfg.reward_ckpt != Config.reward_ckpt):
         reward_model = frozen(load_reward_model(cfg.reward_ckpt, "--reward_ckpt", tokenizer_spec)[0]).to(rt.device)
     heldout = HeldOut(prompts_file, enc, max_len, cfg.max_new_tokens, cfg.temperature, cfg.n_eval, rt, reward_model,
                       world)
-
-    t0 = time.time()
-    ref_val, ref_train = reference_logps(ref, train, val, eot, resumed["step"] if resumed else 0, cfg, rt)
-    # the SFT policy is the reference: its samples are the baseline of the win-rate. The policy's are drawn
-    # with another seed: shared random numbers would make the two tie more often than independent samples
+    # the SFT policy is the reference: its samples are the baseline of every round's win-rate. The policy's are
+    # drawn with another seed: shared random numbers would make the two tie more often than independent samples
     # do, pulling the win-rate toward 1/2.
     if rt.master:
         sft_report, sft_rows = heldout.evaluate(ref, cfg.seed)
         print(heldout.summary("sft", sft_report))
-    rt.say(f"reference log-probs and sft samples in {time.time() - t0:.1f}s")
-    if not cfg.recompute_ref:
-        # training then holds one model, not two. The sequence KL at evaluation still needs the reference on
-        # fresh samples: it is reloaded from the checkpoint for each evaluation, when no activations are held.
-        ref = None
 
     train_policy = distributed(policy, rt)
-    # decay would pull the weights toward 0, not toward the reference: off
-    optimizer = policy.configure_optimizers(0.0, cfg.lr, (0.9, 0.95), rt.device.type)
-    step = restore_run(resumed, policy, optimizer, rt) if resumed else 0
-    log = MetricsLog(cfg.out_dir, rt, resume_step=step if resumed else None)
+    # where the run starts: a round and a step in it. A resumed run whose round had ended goes on to the next one.
+    first_round, first_step = (resumed.get("round", 1), resumed["step"]) if resumed else (1, 0)
+    if resumed:
+        policy.load_state_dict(resumed["model"])
+        if first_step >= cfg.max_steps and first_round < cfg.rounds:
+            first_round, first_step = first_round + 1, 0
+    # metrics.jsonl counts the steps on from round to round
+    log = MetricsLog(cfg.out_dir, rt, resume_step=(first_round - 1) * cfg.max_steps + first_step if resumed else None)
 
-    bar = tqdm(range(step, cfg.max_steps), initial=step, total=cfg.max_steps, desc="dpo", dynamic_ncols=True,
-               disable=not rt.master)
-    for step in bar:
-        lr = lr_at(step, cfg.max_steps, cfg.lr, cfg.warmup_steps)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        idx = batch_at(len(train), cfg.batch_size, step, cfg.seed)
-        mine = idx[rt.rank::rt.world_size]  # under torchrun each process takes a slice of the same batch
-        batch = [train[i] for i in mine]
-        if cfg.recompute_ref:
-            with torch.no_grad():
-                ref_c, ref_r = pair_logps(ref, batch, eot, rt, average)
-        else:
-            ref_c, ref_r = ref_train[:, mine]
-        policy_c, policy_r = pair_logps(train_policy, batch, eot, rt, average)
-        losses, chosen_rewards, rejected_rewards = dpo_loss(policy_c, policy_r, ref_c, ref_r, cfg.beta, cfg.loss_type,
-                                                            cfg.label_smoothing)
-        loss = losses.mean() * len(mine) / len(idx)  # the mean over the whole batch: this slice's share of it
-        # sums over the whole batch: every process must see the same loss, so that all of them stop together
-        sums = all_sum(torch.stack([loss.detach(), chosen_rewards.sum(), rejected_rewards.sum(),
-                                    (chosen_rewards > rejected_rewards).sum().float(), policy_c.detach().sum(),
-                                    policy_r.detach().sum()]))
-        total_loss, chosen, rejected, correct, logp_chosen, logp_rejected = sums.tolist()
-        check_finite(total_loss, step, ckpt_path)
-        rt.scaler.scale(loss * rt.world_size).backward()  # x world_size: DDP averages over processes
-        grad_norm = optimizer_step(optimizer, policy.parameters(), cfg.grad_clip, rt)
+    for r in range(first_round, cfg.rounds + 1):
+        name = "dpo" if cfg.rounds == 1 else f"dpo round {r}"
+        round_dir = Path(cfg.out_dir) / f"round{r}"
+        start = first_step if r == first_round else 0
+        t0 = time.time()
+        if r > 1:
+            if start == 0:  # a round resumed in its middle goes on with the labels it started with
+                label_round(raters, r, str(Path(cfg.out_dir) / f"round{r - 1}" / "ckpt.pt"), str(round_dir))
+            train_file, val_file = (str(round_dir / label.FILES[split]) for split in ("train", "val"))
+        label_seconds, t0 = time.time() - t0, time.time()
+        train = load_pairs(train_file, enc, max_len, rt.say)
+        val = load_pairs(val_file, enc, max_len, rt.say)[:cfg.n_val_pairs]
+        if ref is None:
+            ref = reference_model(cfg, rt)
+        ref_val, ref_train = reference_logps(ref, train, val, eot, start, cfg, rt)
+        rt.say(f"reference log-probs in {time.time() - t0:.1f}s")
+        if not cfg.recompute_ref:
+            # training then holds one model, not two. The sequence KL at evaluation still needs the reference on
+            # fresh samples: it is reloaded for each evaluation, when no activations are held.
+            ref = None
 
-        done = step + 1
-        n = len(idx)
-        metrics = {"loss": total_loss, "rewards/chosen": chosen / n, "rewards/rejected": rejected / n,
-                   "rewards/margins": (chosen - rejected) / n, "rewards/accuracies": correct / n,
-                   "logps/chosen": logp_chosen / n, "logps/rejected": logp_rejected / n, "lr": lr, "grad_norm": grad_norm}
-        evaluating = done % cfg.eval_interval == 0 and done < cfg.max_steps  # the last step's evaluation is the summary
-        if evaluating and rt.master:
-            reference = ref if cfg.recompute_ref else frozen(load_policy(cfg.sft_ckpt)[0]).to(rt.device)
-            report, _ = validate(policy, reference, val, ref_val, heldout, sft_rows, cfg, rt)
-            metrics.update({f"eval/{k}": v for k, v in report.items()})
-            tqdm.write(f"step {done}: " + ", ".join(f"{k} {v:.3f}" for k, v in report.items()))
-        log.log(done, **metrics)
-        if evaluating:  # after the log line: a run resumed from here continues metrics.jsonl without a gap
-            save_run(ckpt_path, "policy", policy, optimizer, rt, cfg, tokenizer_spec, done)
-        bar.set_postfix(loss=f"{metrics['loss']:.3f}", margin=f"{metrics['rewards/margins']:.2f}",
-                        acc=f"{metrics['rewards/accuracies']:.2f}", logp_c=f"{metrics['logps/chosen']:.1f}",
-                        logp_r=f"{metrics['logps/rejected']:.1f}")
-    bar.close()
-    leave_processes(rt)
-    if not rt.master:
-        return None
+        # a fresh optimizer and learning-rate schedule each round, as for one DPO run from the current policy;
+        # decay would pull the weights toward 0, not toward the reference: off
+        optimizer = policy.configure_optimizers(0.0, cfg.lr, (0.9, 0.95), rt.device.type)
+        if start:
+            restore_run(resumed, policy, optimizer, rt)
+        logged = (r - 1) * cfg.max_steps  # the steps of the rounds before, in metrics.jsonl
 
-    reference = ref if cfg.recompute_ref else frozen(load_policy(cfg.sft_ckpt)[0]).to(rt.device)
-    summary, rows = validate(policy, reference, val, ref_val, heldout, sft_rows, cfg, rt)
-    summary.update({f"sft_{k}": v for k, v in sft_report.items()})
-    heldout.show("dpo", summary, rows, cfg.out_dir)
-    print(f"dpo: held-out implicit-reward accuracy {summary['rewards/accuracies']:.1%}")
-    log.log(cfg.max_steps, **{f"final/{k}": v for k, v in summary.items()})
-    save_run(ckpt_path, "policy", policy, optimizer, rt, cfg, tokenizer_spec, cfg.max_steps, summary=summary)
-    print(f"saved {ckpt_path}")
+        bar = tqdm(range(start, cfg.max_steps), initial=start, total=cfg.max_steps, desc=name, dynamic_ncols=True,
+                   disable=not rt.master)
+        for step in bar:
+            lr = lr_at(step, cfg.max_steps, cfg.lr, cfg.warmup_steps)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            idx = batch_at(len(train), cfg.batch_size, step, cfg.seed)
+            mine = idx[rt.rank::rt.world_size]  # under torchrun each process takes a slice of the same batch
+            batch = [train[i] for i in mine]
+            if cfg.recompute_ref:
+                with torch.no_grad():
+                    ref_c, ref_r = pair_logps(ref, batch, eot, rt, average)
+            else:
+                ref_c, ref_r = ref_train[:, mine]
+            policy_c, policy_r = pair_logps(train_policy, batch, eot, rt, average)
+            losses, chosen_rewards, rejected_rewards = dpo_loss(policy_c, policy_r, ref_c, ref_r, cfg.beta,
+                                                                cfg.loss_type, cfg.label_smoothing)
+            loss = losses.mean() * len(mine) / len(idx)  # the mean over the whole batch: this slice's share of it
+            # sums over the whole batch: every process must see the same loss, so that all of them stop together
+            sums = all_sum(torch.stack([loss.detach(), chosen_rewards.sum(), rejected_rewards.sum(),
+                                        (chosen_rewards > rejected_rewards).sum().float(), policy_c.detach().sum(),
+                                        policy_r.detach().sum()]))
+            total_loss, chosen, rejected, correct, logp_chosen, logp_rejected = sums.tolist()
+            check_finite(total_loss, step, ckpt_path)
+            rt.scaler.scale(loss * rt.world_size).backward()  # x world_size: DDP averages over processes
+            grad_norm = optimizer_step(optimizer, policy.parameters(), cfg.grad_clip, rt)
+
+            done = step + 1
+            n = len(idx)
+            metrics = {"loss": total_loss, "rewards/chosen": chosen / n, "rewards/rejected": rejected / n,
+                       "rewards/margins": (chosen - rejected) / n, "rewards/accuracies": correct / n,
+                       "logps/chosen": logp_chosen / n, "logps/rejected": logp_rejected / n, "lr": lr,
+                       "grad_norm": grad_norm}
+            evaluating = done % cfg.eval_interval == 0 and done < cfg.max_steps  # the last one's is the summary
+            if evaluating and rt.master:
+                reference = ref if cfg.recompute_ref else reference_model(cfg, rt)
+                report, _ = validate(policy, reference, val, ref_val, heldout, sft_rows, cfg, rt)
+                metrics.update({f"eval/{k}": v for k, v in report.items()})
+                tqdm.write(f"step {done}: " + ", ".join(f"{k} {v:.3f}" for k, v in report.items()))
+            log.log(logged + done, **metrics)
+            if evaluating:  # after the log line: a run resumed from here continues metrics.jsonl without a gap
+                save_run(ckpt_path, "policy", policy, optimizer, rt, cfg, tokenizer_spec, done, round=r)
+            bar.set_postfix(loss=f"{metrics['loss']:.3f}", margin=f"{metrics['rewards/margins']:.2f}",
+                            acc=f"{metrics['rewards/accuracies']:.2f}", logp_c=f"{metrics['logps/chosen']:.1f}",
+                            logp_r=f"{metrics['logps/rejected']:.1f}")
+        bar.close()
+        leave_processes(rt)  # several processes run one round only (see above)
+        if not rt.master:
+            return None
+
+        train_seconds = time.time() - t0
+        reference = ref if cfg.recompute_ref else reference_model(cfg, rt)
+        summary, rows = validate(policy, reference, val, ref_val, heldout, sft_rows, cfg, rt)
+        summary.update({f"sft_{k}": v for k, v in sft_report.items()})
+        summary.update(label_seconds=label_seconds, train_seconds=train_seconds)
+        heldout.show(name, summary, rows, cfg.out_dir)
+        print(f"{name}: held-out implicit-reward accuracy {summary['rewards/accuracies']:.1%}")
+        log.log(logged + cfg.max_steps, **{f"final/{k}": v for k, v in summary.items()})
+        if cfg.rounds > 1:  # the policy the next round samples, beside the labels it learned from
+            save_run(round_dir / "ckpt.pt", "policy", policy, optimizer, rt, cfg, tokenizer_spec, cfg.max_steps,
+                     round=r, summary=summary)
+        save_run(ckpt_path, "policy", policy, optimizer, rt, cfg, tokenizer_spec, cfg.max_steps, round=r,
+                 summary=summary)
+        print(f"saved {ckpt_path}")
+    if cfg.rounds > 1:
+        print_rounds(log.path)
     return summary
 
 

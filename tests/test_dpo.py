@@ -1,5 +1,6 @@
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -8,7 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import common as dpo_common
 import dpo
+import label
 from common import batch_at, load_policy, save_checkpoint, setup_runtime
 from dpo import all_pair_logps, dpo_loss, pair_logps, sequence_logps
 from model import GPT, GPTConfig
@@ -297,3 +300,111 @@ def test_two_torchrun_processes_equal_one_and_one_process_resumes_them(workdir, 
     for k, v in weights("one").items():
         torch.testing.assert_close(weights("two")[k], v, atol=1e-5, rtol=1e-4)
 
+
+
+# --- rounds: the policy's own responses labelled between rounds ---------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def labelled(workdir):
+    """Beside workdir's: an SFT model that ends its replies, and label.py's pairs of its responses in out/label."""
+    run(workdir, "sft.py", "--max_steps", "30", "--lr", "1e-2", "--warmup_steps", "5", "--n_layer", "1", "--n_head",
+        "2", "--n_embd", "32", "--batch_size", "8", "--n_eval", "4", "--max_new_tokens", "8", "--eval_interval", "30",
+        "--out_dir", "out/sft_ends")
+    run(workdir, "label.py", "--sft_ckpt", "out/sft_ends/ckpt.pt", "--n_pairs", "20", "--max_new_tokens", "8")
+    return workdir
+
+
+ONE_ROUND = TINY + ["--pairs", "labelled", "--sft_ckpt", "out/sft_ends/ckpt.pt"]
+ROUNDS = ONE_ROUND + ["--rounds", "2"]
+
+
+def finals(out):
+    """The final/ numbers of each round, without their wall times."""
+    return [{k: v for k, v in m.items() if k.startswith("final/") and not k.endswith("_seconds")}
+            for m in read_metrics(out) if "final/loss" in m]
+
+
+def test_two_rounds_label_the_policys_responses_and_resume_between_and_within_them(labelled, monkeypatch, capsys):
+    monkeypatch.chdir(labelled)
+    dpo.main(ROUNDS + ["--out_dir", "out/rounds"])
+    out = labelled / "out" / "rounds"
+    # round 2's pairs: round 1's policy answered, and the first round's raters (label.py's settings) compared
+    meta = json.loads((out / "round2" / "meta.json").read_text())
+    assert meta["sampling"]["sft_ckpt"] == "out/rounds/round1/ckpt.pt"
+    assert meta["counts"]["sets"] == 20 and meta["config"]["max_new_tokens"] == 8 and meta["raters"]["rater_bias"] == 0
+    assert meta["config"]["seed"] == 1  # a seed of its own: the first round's labels had 0
+    assert len((out / "round2" / "prefs_train.jsonl").read_text().splitlines()) == 18
+    round1, final = (torch.load(path, weights_only=True) for path in (out / "round1" / "ckpt.pt", out / "ckpt.pt"))
+    assert (round1["round"], round1["step"], final["round"], final["step"]) == (1, 4, 2, 4)
+    assert not torch.equal(round1["model"]["lm_head.weight"], final["model"]["lm_head.weight"])
+    assert [m["step"] for m in read_metrics(out)] == [1, 2, 3, 4, 4, 5, 6, 7, 8, 8]  # each round ends evaluated
+    # round 2 starts from round 1's policy, not SFT's: its first step is not at ln 2; the reference is still SFT
+    assert read_metrics(out)[5]["loss"] != pytest.approx(math.log(2), abs=1e-4)
+    said = capsys.readouterr().out  # at the end, a line per round
+    assert said.index("round 1: gold") < said.index("round 2: gold") and "labelling" in said[-200:]
+
+    # the first round is offline DPO, the one round of a run without --rounds
+    dpo.main(ONE_ROUND + ["--out_dir", "out/one_round"])
+    one = torch.load(labelled / "out" / "one_round" / "ckpt.pt", weights_only=True)
+    assert all(torch.equal(one["model"][k], v) for k, v in round1["model"].items())
+    assert finals(labelled / "out" / "one_round") == finals(out)[:1]
+
+    # killed while the raters label round 2 (after 5 answers): label.py goes on where it stopped, exactly
+    answer = label.sim_ranking
+    answered = []
+
+    def dies_after_five(cfg, s):
+        if len(answered) == 5:
+            raise KeyboardInterrupt
+        answered.append(s)
+        return answer(cfg, s)
+
+    monkeypatch.setattr(label, "sim_ranking", dies_after_five)
+    with pytest.raises(KeyboardInterrupt):
+        dpo.main(ROUNDS + ["--out_dir", "out/killed_labelling"])
+    monkeypatch.setattr(label, "sim_ranking", answer)
+    killed = labelled / "out" / "killed_labelling"
+    assert len((killed / "round2" / "prefs_train.jsonl").read_text().splitlines()) == 5
+    dpo.main(["--out_dir", str(killed), "--resume"])
+    resumed = torch.load(killed / "ckpt.pt", weights_only=True)
+    assert all(torch.equal(resumed["model"][k], v) for k, v in final["model"].items())
+    assert finals(killed) == finals(out)
+    assert (killed / "round2" / "prefs_train.jsonl").read_text() == (out / "round2" / "prefs_train.jsonl").read_text()
+
+    # killed at round 2's first checkpoint (the fourth written): it goes on with the labels it trained on
+    real_save = dpo_common.save_checkpoint
+    saved = []
+
+    def dies_at_the_fourth(path, obj):
+        real_save(path, obj)
+        saved.append(path)
+        if len(saved) == 4:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(dpo_common, "save_checkpoint", dies_at_the_fourth)
+    with pytest.raises(KeyboardInterrupt):
+        dpo.main(ROUNDS + ["--out_dir", "out/killed_training"])
+    monkeypatch.setattr(dpo_common, "save_checkpoint", real_save)
+    killed = labelled / "out" / "killed_training"
+    assert torch.load(killed / "ckpt.pt", weights_only=True)["round"] == 2
+    labels = (killed / "round2" / "prefs_train.jsonl").stat().st_mtime_ns
+    dpo.main(["--out_dir", str(killed), "--resume"])
+    assert (killed / "round2" / "prefs_train.jsonl").stat().st_mtime_ns == labels  # not labelled again
+    resumed = torch.load(killed / "ckpt.pt", weights_only=True)
+    # the resumed round recomputes the reference log-probs of the steps left, batched differently: equal to rounding
+    # (Adam's steps, about 5e-4 each, magnify it in weights whose gradients are near 0)
+    for k, v in final["model"].items():
+        torch.testing.assert_close(resumed["model"][k], v, rtol=1e-5, atol=1e-5)
+    assert [m["step"] for m in read_metrics(killed)] == [1, 2, 3, 4, 4, 5, 6, 7, 8, 8]
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--rounds", "0"], "--rounds must be at least 1, not 0: 1 is DPO on the given pairs"),
+    (["--rounds", "2"], "--rounds above 1 labels each round as the first round's pairs were labelled, and "
+                        "out/data/prefs_train.jsonl has no meta.json of label.py's beside it"),  # TINY's scripted pairs
+])
+def test_rounds_that_cannot_run_are_refused(workdir, monkeypatch, flags, message):
+    monkeypatch.chdir(workdir)
+    with pytest.raises(SystemExit, match=re.escape(message)):
+        dpo.main(TINY + flags)
