@@ -48,6 +48,8 @@ class Config:
     eval_prompts: str = ""  # JSONL of {prompt} sampled at every evaluation; empty: the built-in task's held-out prompts (tune on out/data/val_prompts.jsonl)
     sft_ckpt: str = "out/sft/ckpt.pt"  # the SFT checkpoint: the initial policy and the reference
     reward_ckpt: str = "out/reward/ckpt.pt"  # evaluation only: a reward model that scores the samples (this default is skipped if missing; empty: none)
+    reward_agg: str = "mean"  # evaluation with an ensemble: its members' scores as one (mean, min or uwo, as ppo.py's)
+    uwo_lambda: float = 0.5  # uwo: the weight of the members' variance subtracted from their mean
     out_dir: str = "out/dpo"  # where ckpt.pt and metrics.jsonl go
     loss_type: str = "sigmoid"  # sigmoid (DPO; conservative DPO with label_smoothing), ipo (mean log-probs) or hinge
     beta: float = 0.5  # strength of the KL constraint to the reference: the implicit reward is beta * log(pi/pi_ref)
@@ -295,7 +297,8 @@ def main(argv=None):
            f"tokenizer {tokenizer_spec}")
     reward_model = None  # evaluation only: the reward model's view beside the gold judge's
     if rt.master and cfg.reward_ckpt and (Path(cfg.reward_ckpt).exists() or cfg.reward_ckpt != Config.reward_ckpt):
-        reward_model = frozen(load_reward_model(cfg.reward_ckpt, "--reward_ckpt", tokenizer_spec)[0]).to(rt.device)
+        reward_model = frozen(load_reward_model(cfg.reward_ckpt, "--reward_ckpt", tokenizer_spec, cfg.reward_agg,
+                                                cfg.uwo_lambda)[0]).to(rt.device)
     heldout = HeldOut(prompts_file, enc, max_len, cfg.max_new_tokens, cfg.temperature, cfg.n_eval, rt, reward_model,
                       world)
     # the SFT policy is the reference: its samples are the baseline of every round's win-rate. The policy's are

@@ -271,6 +271,19 @@ def test_samples_are_scored_by_the_reward_model_where_there_is_one(workdir):
     assert len(rows) == 4 and all({"score", "gold", "label"} <= r.keys() for r in rows)
 
 
+def test_an_ensemble_scores_the_samples_with_the_aggregation_asked_for(workdir, monkeypatch):
+    """The evaluation's reward-model score takes an ensemble as ppo.py does: the SFT model's samples, the same under
+    both, score lower under the members' minimum than under their mean."""
+    run(workdir, "reward.py", "--max_steps", "2", "--batch_size", "4", "--n_norm", "4", "--max_new_tokens", "8",
+        "--pairs", "scripted", "--members", "2", "--out_dir", "out/ensemble")
+    monkeypatch.chdir(workdir)
+    tiny = [a for a in TINY if a not in ("--reward_ckpt", "")] + ["--max_steps", "1", "--reward_ckpt",
+                                                                  "out/ensemble/ckpt.pt"]
+    sft_score = {how: dpo.main(tiny + ["--reward_agg", how, "--out_dir", f"out/ensemble_{how}"])["sft_score"]
+                 for how in ("mean", "min")}
+    assert sft_score["min"] < sft_score["mean"]
+
+
 def test_two_torchrun_processes_equal_one_and_one_process_resumes_them(workdir, tmp_path):
     """
     DDP on CPU (gloo): each process takes half of every batch and computes half of the reference's log-probs; the
