@@ -29,8 +29,11 @@ def example(language):
 @pytest.mark.skipif(shutil.which("git") is None, reason="applying the README's diff needs git")
 def test_add_your_own_loss_as_the_readme_shows(tmp_path):
     shutil.copy(ROOT / "dpo.py", tmp_path / "dpo.py")
-    applied = subprocess.run(["git", "apply", "-"], input=example("diff"), cwd=tmp_path, capture_output=True, text=True)
+    applied = subprocess.run(["git", "apply", "-v", "-"], input=example("diff"), cwd=tmp_path, capture_output=True,
+                             text=True)
     assert applied.returncode == 0, f"the README's diff no longer applies to dpo.py: {applied.stderr}"
+    # git applies a hunk found a few lines off, but a reader follows its line numbers: they must be dpo.py's
+    assert "offset" not in applied.stderr, f"the README's diff names lines that have moved in dpo.py: {applied.stderr}"
 
     # the forker's test, against the patched dpo.py
     spec = importlib.util.spec_from_file_location("dpo_with_simpo", tmp_path / "dpo.py")
