@@ -3,9 +3,12 @@ Reward over-optimisation (Gao et al. 2022, "Scaling laws for reward model overop
 model hard enough and its score keeps rising while the gold score it stands in for peaks and falls.
 
 PPO runs long with no KL penalty (--kl_coef), evaluated on held-out prompts every --eval_interval iterations, against
-two reward models: the default pipeline's, trained on all the labels, and one trained on a small --fraction of them.
-The same long run with ppo.py's default KL penalty shows what the penalty does, and best-of-N sampling from the SFT
-policy (N = 1 ... 64) is the other way to optimise each reward model. Against d = sqrt(KL to SFT), each method's
+the default pipeline's reward model, trained on all the labels, one trained on a small --fraction of them, an
+ensemble of --members reward models on all the labels (reward.py --members) optimised through each aggregation of
+their scores (ppo.py --reward_agg mean, min, uwo: Coste et al. 2024), and the members' weight average (reward.py
+--warm; Rame et al. 2024, WARM). The same long run with ppo.py's default KL penalty shows what the penalty does
+for the first two, and best-of-N sampling from the SFT policy (N = 1 ... 64) is the other way to optimise each
+reward model. Against d = sqrt(KL to SFT), each method's
 gold gain over the SFT policy is fitted with Gao et al.'s forms by least squares:
 
     best-of-N:  gold(d) - gold(0) = d (alpha - beta d)
@@ -14,8 +17,9 @@ gold gain over the SFT policy is fitted with Gao et al.'s forms by least squares
 and alpha, beta and R^2 are reported for each reward model.
 
 It needs the default pipeline's SFT model, labels and reward model (python sft.py && python label.py && python
-reward.py); it trains the small reward model and four PPO runs. About 13 minutes on two CPU cores with the defaults
-below, as estimated from short runs of its pieces; --tiny runs it in seconds.
+reward.py); it trains the small reward model, the ensemble and eight PPO runs, each its own one-thread process,
+--jobs at a time, and reuses those that finished before with the settings they would run with now. 21 minutes on
+two CPU cores with the defaults below; --tiny runs it in seconds.
 
     python -m experiments.overoptimisation
     python -m experiments.overoptimisation --fraction 0.2 --kl_coef 0.01 --eval_prompts out/data/val_prompts.jsonl

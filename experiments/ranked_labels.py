@@ -8,7 +8,7 @@ decisions: for each budget, label.py --k 2 and --k 4 label the SFT model's own r
 a reward model learns from each, and all of them are measured on one set of pairs of replies to the validation
 prompts, which none of them trained on: their agreement with the gold judge, against the raters' own.
 
-It needs the default pipeline's SFT model (python sft.py). About 8 minutes on two CPU cores with the defaults;
+It needs the default pipeline's SFT model (python sft.py). About 7 minutes on two CPU cores with the defaults;
 --tiny runs it in seconds.
 
     python -m experiments.ranked_labels
