@@ -193,8 +193,9 @@ def print_summary(summary, ended, classes, val_file):
     same for each member and the weight average."""
     scale = (f"reward = {summary['norm_gain']:.3f} * head {summary['norm_bias']:+.3f}, so that" if "norm_gain" in
              summary else "each member on its own, so that under each of them")
-    print(f"normalised: {scale} the SFT policy's samples on {len(ended)} training prompts score mean 0, std 1 over the "
-          f"{int(ended.sum())} that ended with end-of-text" + ("" if ended.sum() >= 2 else " (too few: over all of them)"))
+    print(f"normalised: {scale} the SFT policy's samples on {len(ended)} training prompts score mean 0, std 1 over "
+          f"the {int(ended.sum())} that ended with end-of-text"
+          + ("" if ended.sum() >= 2 else " (too few: over all of them)"))
     print(f"held-out pairs, {'before normalising' if 'norm_gain' in summary else 'the ensemble (mean)'}: accuracy "
           f"{summary['val_accuracy']:.1%}, loss {summary['val_loss']:.3f}, margin {summary['val_margin']:.3f}, rewards "
           f"{summary['val_reward_mean']:+.3f} ± {summary['val_reward_std']:.3f}")
@@ -276,7 +277,8 @@ def main(argv=None):
                 # the mean over the whole batch: this slice's mean, weighed by its share of the pairs
                 loss = preference_loss(chosen, rejected, cfg.margin, cfg.center_coef) * len(mine) / len(batch)
             # every process must see the same loss, so that all of them stop together
-            total_loss, correct = all_sum(torch.stack([loss.detach().float(), (chosen > rejected).sum().float()])).tolist()
+            sums = all_sum(torch.stack([loss.detach().float(), (chosen > rejected).sum().float()]))
+            total_loss, correct = sums.tolist()
             check_finite(total_loss, step, ckpt_path)
             rt.scaler.scale(loss * rt.world_size).backward()  # x world_size: DDP averages over processes
             grad_norm = optimizer_step(optimizer, member.parameters(), cfg.grad_clip, rt)

@@ -96,8 +96,8 @@ def summary(rows):
         elif r["type"] == "point":
             lines.append(f"k = {r['k']}, {r['decisions']} decisions ({r['sets']} sets, {r['train_pairs']} training "
                          f"pairs): agreement with gold {r['val_gold_agreement']:.1%} (right>wrong "
-                         f"{r.get('val_gold_agreement/right>wrong', float('nan')):.0%}); labelling {r['label_seconds']:.0f} s, "
-                         f"reward model {r['reward_seconds']:.0f} s")
+                         f"{r.get('val_gold_agreement/right>wrong', float('nan')):.0%}); labelling "
+                         f"{r['label_seconds']:.0f} s, reward model {r['reward_seconds']:.0f} s")
     return "\n".join(lines)
 
 

@@ -6,8 +6,8 @@ flattery and padding.
 The default pipeline's comparison sets (the SFT model's own responses, in out/label/samples.jsonl) are labelled again
 by biased simulated raters, with the same random numbers as the unbiased ones, so only the bias differs. A reward
 model (or with --members an ensemble) and PPO are trained on those labels, and PPO on the unbiased labels' reward
-model beside it, everything else at the defaults. Reported before (the SFT policy) and after PPO, on held-out prompts: the reward model's score, the gold
-score, the share of flattering replies (any of data.world.FLATTERY's phrases) and the mean length.
+model beside it, everything else at the defaults. Reported before (the SFT policy) and after PPO, on held-out
+prompts: the reward model's score, the gold score, the share of flattering replies (any of data.world.FLATTERY's phrases) and the mean length.
 
 It needs the default pipeline's SFT model, labels and reward model (python sft.py && python label.py && python
 reward.py). About 4 minutes on two CPU cores, as estimated from short runs of its pieces; --tiny runs it in seconds.
@@ -132,8 +132,8 @@ def summary(rows):
         if r["type"] != "run":
             continue
         model = f"an ensemble of {r['members']} ({r['reward_agg']})" if r.get("members", 1) > 1 else "one reward model"
-        lines.append(f"{r['labels']} labels, {model} (rater bias {r['rater_bias']:g}; when one reply of a pair flatters, the "
-                     f"raters chose it {r['flattering_chosen']:.0%} of the time, the longer reply "
+        lines.append(f"{r['labels']} labels, {model} (rater bias {r['rater_bias']:g}; when one reply of a pair "
+                     f"flatters, the raters chose it {r['flattering_chosen']:.0%} of the time, the longer reply "
                      f"{r['longer_chosen']:.0%}), SFT -> PPO: reward-model score {r['sft_score']:+.2f} -> "
                      f"{r['score']:+.2f}, gold {r['sft_gold']:+.2f} -> {r['gold']:+.2f}, flattering replies "
                      f"{r['sft_flattering']:.0%} -> {r['flattering']:.0%}, length {r['sft_length']:.1f} -> "
