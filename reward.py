@@ -7,8 +7,8 @@ It is trained with the Bradley-Terry loss, P(chosen beats rejected) = sigmoid(r_
 At the end the reward is scaled and shifted so that the SFT policy's own samples, where PPO starts, score
 mean 0 and standard deviation 1. With no arguments it trains on the built-in task; by flags, on any JSONL of
 {prompt, chosen, rejected}. With --members K it trains K reward models one after another, each from the SFT model
-with its own head and data order: an ensemble that PPO and the experiments score as one (model.ensemble_reward),
-and with --warm their weight average as one more reward model.
+with its own head and data order (with --bootstrap, its own resample of the pairs): an ensemble that PPO and the
+experiments score as one (model.ensemble_reward), and with --warm their weight average as one more reward model.
 
     python reward.py
     python reward.py --train_file pairs.jsonl --val_file pairs_val.jsonl --prompts_file prompts.jsonl
@@ -60,6 +60,7 @@ class Config:
     compile: bool = False  # torch.compile the model for training
     members: int = 1  # reward models trained one after another from the SFT model, each its own head and data order: an ensemble
     warm: bool = False  # with members > 1, also write their weight average (WARM) to out_dir/warm.pt, one ordinary reward model
+    bootstrap: bool = False  # with members > 1, each member trains on its own resample (with replacement) of the pairs
     seed: int = 0  # seed of the head's initialisation, data order and sampling (member m: seed + m)
     resume: bool = False  # continue the run in out_dir from its checkpoint
 
@@ -173,6 +174,15 @@ def normalise(models, policy, enc, prompt_ids, cfg, rt):
     return ended
 
 
+def bootstrap(pairs, seed):
+    """
+    A resample of the pairs as large as they are, drawn with replacement: about 63% of them, some more than once.
+    Members trained on the same pairs share those pairs' blind spots; resamples make them differ where the labels
+    are thin, so that their disagreement can flag a reply the labels say little about.
+    """
+    return [pairs[i] for i in torch.randint(len(pairs), (len(pairs),), generator=torch.Generator().manual_seed(seed))]
+
+
 @torch.no_grad()
 def weight_average(models):
     """
@@ -221,6 +231,9 @@ def main(argv=None):
         raise SystemExit(f"--members must be at least 1, not {cfg.members}")
     if cfg.warm and cfg.members < 2:
         raise SystemExit("--warm averages the members' weights: give --members 2 or more")
+    if cfg.bootstrap and cfg.members < 2:
+        raise SystemExit("--bootstrap gives each member of an ensemble its own resample of the pairs: give --members 2 "
+                         "or more")
     if not cfg.train_file:
         with master_first(rt):  # the master generates the task, the others read it
             data_dir, _ = world.builtin_task()
@@ -257,6 +270,7 @@ def main(argv=None):
     log = MetricsLog(cfg.out_dir, rt, resume_step=first * cfg.max_steps + resumed["step"] if resumed else None)
     for m in range(first, cfg.members):  # the members one after another: the same loop, another seed
         member = members[m]
+        pairs = bootstrap(train, cfg.seed + m) if cfg.bootstrap else train
         train_rm = distributed(member, rt, cfg.compile)
         optimizer = member.gpt.configure_optimizers(cfg.weight_decay, cfg.lr, (0.9, 0.95), rt.device.type,
                                                     extra_params=member.head.parameters())
@@ -269,7 +283,7 @@ def main(argv=None):
             lr = lr_at(step, cfg.max_steps, cfg.lr, cfg.warmup_steps)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            batch = [train[i] for i in batch_at(len(train), cfg.batch_size, step, cfg.seed + m)]
+            batch = [pairs[i] for i in batch_at(len(pairs), cfg.batch_size, step, cfg.seed + m)]
             mine = batch[rt.rank::rt.world_size]  # under torchrun each process takes a slice of the same batch
             ids, mask = collate(mine, enc.eot_token, rt.device)
             with rt.autocast():

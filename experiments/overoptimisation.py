@@ -6,7 +6,8 @@ PPO runs long with no KL penalty (--kl_coef), evaluated on held-out prompts ever
 the default pipeline's reward model, trained on all the labels, one trained on a small --fraction of them, an
 ensemble of --members reward models on all the labels (reward.py --members) optimised through each aggregation of
 their scores (ppo.py --reward_agg mean, min, uwo: Coste et al. 2024), and the members' weight average (reward.py
---warm; Rame et al. 2024, WARM). The same long run with ppo.py's default KL penalty shows what the penalty does
+--warm; Rame et al. 2024, WARM), and a second ensemble whose members each learn from their own bootstrap resample
+of the labels (reward.py --bootstrap), through each aggregation. The same long run with ppo.py's default KL penalty shows what the penalty does
 for the first two, and best-of-N sampling from the SFT policy (N = 1 ... 64) is the other way to optimise each
 reward model. Against d = sqrt(KL to SFT), each method's
 gold gain over the SFT policy is fitted with Gao et al.'s forms by least squares:
@@ -17,7 +18,7 @@ gold gain over the SFT policy is fitted with Gao et al.'s forms by least squares
 and alpha, beta and R^2 are reported for each reward model.
 
 It needs the default pipeline's SFT model, labels and reward model (python sft.py && python label.py && python
-reward.py); it trains the small reward model, the ensemble and eight PPO runs, each its own one-thread process,
+reward.py); it trains the small reward model, the two ensembles and eleven PPO runs, each its own one-thread process,
 --jobs at a time, and reuses those that finished before with the settings they would run with now. 21 minutes on
 two CPU cores with the defaults below; --tiny runs it in seconds.
 
@@ -110,34 +111,43 @@ def run(cfg, bar):
     rows = []
 
     # the reward models: the default pipeline's (all), one on a small fraction of its labels, an ensemble on all of
-    # them (member 0 is trained as the default pipeline's), each of its aggregations, and its weight average (WARM)
+    # them (member 0 is trained as the default pipeline's), each of its aggregations, its weight average (WARM), and
+    # an ensemble whose members each learn from their own bootstrap resample of the labels, each aggregation
     small, n_small, n_all = small_labels(cfg.base, cfg.out_dir, cfg.fraction, cfg.seed)
     files = ["--sft_ckpt", sft_ckpt, "--val_file", f"{cfg.base}/label/prefs_val.jsonl", "--prompts_file",
              f"{data_dir}/prompts_train.jsonl", "--seed", cfg.seed]
     reward_args = lambda name, *extra: (["reward.py", *(TINY_ARGS["reward"] if cfg.tiny else []), *files, *extra,
                                          "--out_dir", f"{cfg.out_dir}/reward_{name}"],
                                         f"{cfg.out_dir}/reward_{name}/log.txt")
-    trainings = [reward_args("small", "--train_file", small),
-                 reward_args("ensemble", "--train_file", f"{cfg.base}/label/prefs_train.jsonl", "--members",
-                             cfg.members, "--warm")]
-    ensemble = f"{cfg.out_dir}/reward_ensemble/ckpt.pt"
+    ensembles = {"ensemble": "--warm", "bootstrap ensemble": "--bootstrap"}  # name: what its members add
+    trainings = [reward_args("small", "--train_file", small)]
+    trainings += [reward_args(name.replace(" ", "_"), "--train_file", f"{cfg.base}/label/prefs_train.jsonl",
+                              "--members", cfg.members, extra) for name, extra in ensembles.items()]
+    ensemble_paths = {name: f"{cfg.out_dir}/reward_{name.replace(' ', '_')}/ckpt.pt" for name in ensembles}
     reward_models = {"all": (f"{cfg.base}/reward/ckpt.pt", []), "small": (f"{cfg.out_dir}/reward_small/ckpt.pt", []),
-                     **{f"ensemble {how}": (ensemble, ["--reward_agg", how, "--uwo_lambda", cfg.uwo_lambda])
+                     **{f"ensemble {how}": (ensemble_paths["ensemble"], ["--reward_agg", how, "--uwo_lambda",
+                                                                          cfg.uwo_lambda])
                         for how in REWARD_AGGREGATIONS},
-                     "warm": (f"{cfg.out_dir}/reward_ensemble/warm.pt", [])}
+                     "warm": (f"{cfg.out_dir}/reward_ensemble/warm.pt", []),
+                     **{f"bootstrap ensemble {how}": (ensemble_paths["bootstrap ensemble"],
+                                                      ["--reward_agg", how, "--uwo_lambda", cfg.uwo_lambda])
+                        for how in REWARD_AGGREGATIONS}}
     bar.total = len(trainings) + len(reward_models) + 2 + 1
     times = run_missing(trainings, cfg.jobs)
     bar.update(len(trainings))
     ensemble_numbers = final_metrics(f"{cfg.out_dir}/reward_ensemble")
     numbers = {"all": final_metrics(f"{cfg.base}/reward"), "small": final_metrics(f"{cfg.out_dir}/reward_small"),
                "ensemble mean": ensemble_numbers, "warm": {k.removeprefix("warm/"): v for k, v in
-                                                           ensemble_numbers.items() if k.startswith("warm/")}}
-    for rm, pairs in (("all", n_all), ("small", n_small), ("ensemble mean", n_all), ("warm", n_all)):
+                                                           ensemble_numbers.items() if k.startswith("warm/")},
+               "bootstrap ensemble mean": final_metrics(f"{cfg.out_dir}/reward_bootstrap_ensemble")}
+    for rm, pairs in (("all", n_all), ("small", n_small), ("ensemble mean", n_all), ("warm", n_all),
+                      ("bootstrap ensemble mean", n_all)):
         rows.append({"type": "reward_model", "rm": rm, "pairs": pairs, "val_accuracy": numbers[rm]["val_accuracy"],
                      "val_gold_agreement": numbers[rm].get("val_gold_agreement")})
-    rows.append({"type": "ensemble_training", "members": cfg.members,
-                 "seconds": round(times[tuple(map(str, trainings[1][0]))][0], 1),
-                 "single_seconds": round(times[tuple(map(str, trainings[0][0]))][0], 1)})
+    for name, (command, _) in zip(ensembles, trainings[1:]):
+        rows.append({"type": "ensemble_training", "rm": name, "members": cfg.members,
+                     "seconds": round(times[tuple(map(str, command))][0], 1),
+                     "single_seconds": round(times[tuple(map(str, trainings[0][0]))][0], 1)})
 
     # PPO with no KL penalty against each, and with the default penalty against the two single models
     no_penalty, penalty = f"PPO, beta {cfg.kl_coef:g}", "PPO, default KL penalty"
@@ -167,7 +177,7 @@ def run(cfg, bar):
     scores, gold, _ = sample_pool(sft_ckpt, paths, prompts, cfg.bon_max, cfg.max_new_tokens, 1.0, cfg.seed)
     rows.append({"type": "bon_pool", "responses": gold.numel(), "seconds": round(time.time() - t0, 1)})
     for rm, (path, _) in reward_models.items():
-        how = rm.removeprefix("ensemble ") if path == ensemble else None
+        how = rm.split()[-1] if path in ensemble_paths.values() else None
         score = ensemble_reward(scores[path].permute(2, 0, 1), how, cfg.uwo_lambda) if how else scores[path]
         for n in powers_of_two(cfg.bon_max):
             kl = best_of_n_kl(n)
@@ -191,8 +201,9 @@ def summary(rows):
             lines.append(f"reward model on {r['pairs']} pairs ({r['rm']}): held-out accuracy {r['val_accuracy']:.1%}"
                          + (f", agreement with gold {r['val_gold_agreement']:.1%}" if r["val_gold_agreement"] else ""))
         elif r["type"] == "ensemble_training":
-            lines.append(f"training the ensemble of {r['members']} (and their weight average) took {r['seconds']:.0f} s;"
-                         f" the small reward model {r['single_seconds']:.0f} s")
+            lines.append(f"training the {r['rm']} of {r['members']}" + (" (and their weight average)" if r["rm"] ==
+                         "ensemble" else "") + f" took {r['seconds']:.0f} s; the small reward model "
+                         f"{r['single_seconds']:.0f} s")
         elif r["type"] == "run":
             lines.append(f"{r['method']}, reward model {r['rm']}: gold {r['sft_gold']:+.2f} (SFT), peak "
                          f"{r['peak_gold']:+.2f} at sqrt(KL) {r['peak_d']:.2f}, final {r['final_gold']:+.2f} at "

@@ -152,8 +152,10 @@ def test_overoptimisation(base):
     assert models["all"]["pairs"] == n_pairs and models["small"]["pairs"] == round(0.5 * n_pairs)
     assert len((base / "out/experiments/overoptimisation/labels_small/prefs_train.jsonl").read_text().splitlines()) \
         == round(0.5 * n_pairs)
-    assert models["ensemble mean"]["pairs"] == models["warm"]["pairs"] == n_pairs
-    rms = ("all", "small", "ensemble mean", "ensemble min", "ensemble uwo", "warm")
+    assert models["ensemble mean"]["pairs"] == models["warm"]["pairs"] == models["bootstrap ensemble mean"]["pairs"] \
+        == n_pairs
+    rms = ("all", "small", "ensemble mean", "ensemble min", "ensemble uwo", "warm", "bootstrap ensemble mean",
+           "bootstrap ensemble min", "bootstrap ensemble uwo")
     for rm in rms:
         for method in ("PPO, beta 0", "PPO, default KL penalty")[:2 if rm in ("all", "small") else 1]:
             points = [r for r in rows if r["type"] == "point" and r["rm"] == rm and r["method"] == method]
@@ -168,10 +170,16 @@ def test_overoptimisation(base):
     # disagreement each below the mean
     first = {r["rm"]: r["score"] for r in rows if r["type"] == "point" and r["method"] == "best-of-N" and r["n"] == 1}
     assert max(first["ensemble min"], first["ensemble uwo"]) < first["ensemble mean"]
+    assert max(first["bootstrap ensemble min"], first["bootstrap ensemble uwo"]) < first["bootstrap ensemble mean"]
     ensemble = load_checkpoint(base / "out/experiments/overoptimisation/reward_ensemble/ckpt.pt")
     assert ensemble["kind"] == "reward_ensemble" and ensemble["members"] == 2
     ckpt = load_checkpoint(base / "out/experiments/overoptimisation/ppo_ensemble_uwo_beta0/ckpt.pt")
     assert ckpt["config"]["reward_agg"] == "uwo" and ckpt["config"]["reward_ckpt"].endswith("reward_ensemble/ckpt.pt")
+    bootstrap = load_checkpoint(base / "out/experiments/overoptimisation/reward_bootstrap_ensemble/ckpt.pt")
+    assert bootstrap["config"]["bootstrap"] and bootstrap["members"] == 2
+    ckpt = load_checkpoint(base / "out/experiments/overoptimisation/ppo_bootstrap_ensemble_min_beta0/ckpt.pt")
+    assert ckpt["config"]["reward_agg"] == "min"
+    assert ckpt["config"]["reward_ckpt"].endswith("reward_bootstrap_ensemble/ckpt.pt")
     ckpt = load_checkpoint(base / "out/experiments/overoptimisation/ppo_warm_beta0/ckpt.pt")
     assert ckpt["config"]["reward_ckpt"].endswith("reward_ensemble/warm.pt")
     ckpt = load_checkpoint(base / "out/experiments/overoptimisation/ppo_small_beta0/ckpt.pt")

@@ -343,3 +343,19 @@ def test_ensemble_refusals(tiny_task):
         load_reward_model(tiny_task / "one" / "ckpt.pt", how="min")
     with pytest.raises(SystemExit, match="--reward_agg must be one of mean, min, uwo, not 'max'"):
         load_reward_model(tiny_task / "one" / "ckpt.pt", how="max")
+
+
+def test_bootstrap_gives_each_member_its_own_resample(tiny_task):
+    pairs = list(range(1000))
+    drawn = reward.bootstrap(pairs, 0)
+    assert len(drawn) == 1000 and set(drawn) <= set(pairs)
+    assert 0.60 < len(set(drawn)) / 1000 < 0.66  # with replacement: 1 - 1/e of them, about, some twice or more
+    assert drawn == reward.bootstrap(pairs, 0) != reward.bootstrap(pairs, 1)
+    # through the command line: member 0 no longer learns what the single model learns (same seed, other pairs)
+    reward.main(tiny_args(tiny_task, "one"))
+    reward.main(tiny_args(tiny_task, "resampled") + ["--members", "2", "--bootstrap"])
+    one = common.load_checkpoint(tiny_task / "one" / "ckpt.pt")["model"]
+    members = common.load_checkpoint(tiny_task / "resampled" / "ckpt.pt")["model"]
+    assert not torch.equal(members["members.0.head.proj.weight"], one["head.proj.weight"])
+    with pytest.raises(SystemExit, match="--bootstrap gives each member of an ensemble its own resample"):
+        reward.main(tiny_args(tiny_task, "boot1") + ["--bootstrap"])
