@@ -18,6 +18,21 @@ from model import token_logprobs
 
 
 @torch.no_grad()
+def members_spread(ensemble, batches, rt):
+    """
+    How far an ensemble's members disagree on each sampled response: the standard deviation of their scores (over
+    the members, each normalised on the SFT samples). Where the policy has found what the labels never showed, the
+    members should part ways; if they do not, their minimum or variance cannot hold the policy back.
+    """
+    spread = []
+    for p, pm, tokens, mask in batches:
+        with rt.autocast():
+            members = ensemble.member_rewards(torch.cat([p, tokens], 1), torch.cat([pm, mask], 1)).float()
+        spread.append(members.std(0, correction=0).cpu())
+    return torch.cat(spread).tolist()
+
+
+@torch.no_grad()
 def reward_scores(reward_model, batches, rt):
     """The reward model's score of each sampled response (common.sample's batches), read at its last token."""
     scores = []
@@ -90,9 +105,10 @@ class HeldOut:
         """
         One sample of the policy per prompt. Returns (report, rows): rows {prompt, response, and where measured score
         (the reward model's) and the judge's verdict}, and the report: response_stats; with ref, the mean sequence KL
-        to it; with the reward model its mean score, and with baseline (another policy's rows on the same prompts)
-        its win-rate by the reward model (rm_win_rate); with the judge, its report and the gold win-rates against
-        the baseline, over all prompts and per kind ("arith/win_rate").
+        to it; with the reward model its mean score (an ensemble: also its members' mean spread, members_std), and
+        with baseline (another policy's rows on the same prompts) its win-rate by the reward model (rm_win_rate);
+        with the judge, its report and the gold win-rates against the baseline, over all prompts and per kind
+        ("arith/win_rate").
         """
         batches = sample(policy, self.ids, self.rt, self.enc.eot_token, self.max_new_tokens, self.temperature, 64,
                          seed)
@@ -107,6 +123,9 @@ class HeldOut:
             for row, score in zip(rows, scores):
                 row["score"] = score
             report["score"] = sum(scores) / len(scores)
+            if hasattr(self.reward_model, "member_rewards"):  # an ensemble
+                spread = members_spread(self.reward_model, batches, self.rt)
+                report["members_std"] = sum(spread) / len(spread)
             if baseline is not None:
                 report["rm_win_rate"], report["rm_win_rate_ci"] = win_rate(scores, [b["score"] for b in baseline])
         if self.judge is not None:
@@ -134,6 +153,7 @@ class HeldOut:
         for key, fmt in (("gold", "gold {:+.3f}"), ("win_rate", "win-rate against sft {:.1%}"),
                          ("score", "reward-model score {:+.3f}"),
                          ("rm_win_rate", "win-rate against sft by the reward model {:.1%}"),
+                         ("members_std", "the members' spread {:.2f}"),
                          ("kl", "KL to sft {:.2f} nats"), ("length", "length {:.1f} tokens"),
                          ("eot_rate", "ended {:.1%}"), ("distinct", "distinct {:.1%}")):
             if key in report:

@@ -97,10 +97,12 @@ def curve(run_dir, rm, method):
     """A PPO run's evaluations, from its metrics.jsonl: the SFT policy at d = 0, then every eval/ line."""
     lines = [json.loads(line) for line in Path(run_dir, "metrics.jsonl").read_text().splitlines()]
     sft = next(l for l in lines if "eval/sft_gold" in l)
-    points = [(0, 0.0, sft["eval/sft_gold"], sft["eval/sft_score"])]
-    points += [(l["step"], max(l["eval/kl"], 0.0), l["eval/gold"], l["eval/score"]) for l in lines if "eval/gold" in l]
+    points = [(0, 0.0, sft["eval/sft_gold"], sft["eval/sft_score"], sft.get("eval/sft_members_std"))]
+    points += [(l["step"], max(l["eval/kl"], 0.0), l["eval/gold"], l["eval/score"], l.get("eval/members_std"))
+               for l in lines if "eval/gold" in l]
     return [{"type": "point", "rm": rm, "method": method, "step": step, "kl": kl, "d": math.sqrt(kl), "gold": gold,
-             "score": score} for step, kl, gold, score in points]
+             "score": score, **({"members_std": spread} if spread is not None else {})}
+            for step, kl, gold, score, spread in points]
 
 
 def run(cfg, bar):
@@ -168,7 +170,9 @@ def run(cfg, bar):
         rows.append({"type": "run", "rm": rm, "method": method, "sft_gold": points[0]["gold"],
                      "peak_gold": peak["gold"], "peak_d": peak["d"], "peak_step": peak["step"],
                      "final_gold": points[-1]["gold"], "final_d": points[-1]["d"],
-                     "final_score": points[-1]["score"], "seconds": round(times[tuple(map(str, command))][0], 1)})
+                     "final_score": points[-1]["score"], "seconds": round(times[tuple(map(str, command))][0], 1),
+                     **({"members_std": [points[0]["members_std"], peak["members_std"], points[-1]["members_std"]]}
+                        if "members_std" in peak else {})})
 
     bar.set_postfix_str(f"best-of-{cfg.bon_max} samples of {sft_ckpt}")
     prompts = held_out_prompts(eval_prompts, cfg.bon_prompts)
@@ -208,7 +212,9 @@ def summary(rows):
             lines.append(f"{r['method']}, reward model {r['rm']}: gold {r['sft_gold']:+.2f} (SFT), peak "
                          f"{r['peak_gold']:+.2f} at sqrt(KL) {r['peak_d']:.2f}, final {r['final_gold']:+.2f} at "
                          f"sqrt(KL) {r['final_d']:.2f} (drop {r['peak_gold'] - r['final_gold']:.2f}; reward-model "
-                         f"score {r['final_score']:+.2f}; {r['seconds']:.0f} s)")
+                         f"score {r['final_score']:+.2f}; {r['seconds']:.0f} s)" + (
+                             "; the members' spread {:.2f} (SFT), {:.2f} (peak), {:.2f} (final)".format(
+                                 *r["members_std"]) if "members_std" in r else ""))
         elif r["type"] == "bon_pool":
             lines.append(f"best-of-N: {r['responses']} samples drawn and scored by every reward model in "
                          f"{r['seconds']:.0f} s")

@@ -166,6 +166,10 @@ def test_overoptimisation(base):
         fits = {r["method"]: r for r in rows if r["type"] == "fit" and r["rm"] == rm}
         assert fits.keys() == {"best-of-N", "PPO, beta 0"}
         assert {"alpha", "beta", "r2"} <= fits["best-of-N"].keys()
+    # PPO against an ensemble logs how far its members disagree on the held-out replies; a single model, not
+    runs = {r["rm"]: r for r in rows if r["type"] == "run" and r["method"] == "PPO, beta 0"}
+    assert "members_std" not in runs["all"] and "members_std" not in runs["warm"]
+    assert len(runs["bootstrap ensemble min"]["members_std"]) == 3 and min(runs["ensemble uwo"]["members_std"]) > 0
     # the same samples, scored by the ensemble's aggregations: the worst member and the mean less the members'
     # disagreement each below the mean
     first = {r["rm"]: r["score"] for r in rows if r["type"] == "point" and r["method"] == "best-of-N" and r["n"] == 1}

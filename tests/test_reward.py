@@ -15,6 +15,7 @@ import common
 import reward
 from common import load_policy, load_reward_model, pad, sample, save_checkpoint, setup_runtime
 from data import world
+from evaluate import members_spread
 from model import REWARD_AGGREGATIONS, GPT, GPTConfig, RewardEnsemble, RewardModel, ensemble_reward
 from reward import collate, preference_loss
 from tokenizer import EOT, load_tokenizer, save_bpe, train_bpe
@@ -283,6 +284,20 @@ def test_weight_average_is_the_mean_of_the_weights():
     for k, v in mixed.state_dict().items():
         torch.testing.assert_close(v, (a.state_dict()[k] + b.state_dict()[k]) / 2)
     assert not torch.equal(mixed(ids, mask), a(ids, mask))
+
+
+@torch.no_grad()
+def test_members_spread_known_values():
+    torch.manual_seed(0)
+    config = GPTConfig(block_size=32, vocab_size=50, n_layer=1, n_head=2, n_embd=16)
+    a = RewardModel(config)
+    b, c = copy.deepcopy(a), copy.deepcopy(a)
+    b.bias.fill_(2.0)  # b scores every response 2 above a
+    prompt, prompt_mask = torch.tensor([[0, 5, 6], [7, 8, 9]]), torch.tensor([[0, 1, 1], [1, 1, 1]])
+    tokens, mask = torch.tensor([[3, 4, 0], [10, 11, 12]]), torch.tensor([[1, 1, 0], [1, 1, 1]])
+    batches, rt = [(prompt, prompt_mask, tokens, mask)], setup_runtime(device="cpu")
+    assert members_spread(RewardEnsemble([a, c]), batches, rt) == [0.0, 0.0]  # members that agree
+    assert members_spread(RewardEnsemble([a, b]), batches, rt) == pytest.approx([1.0, 1.0])  # 2 apart: std 1
 
 
 def test_an_ensemble_of_members_warm_and_resume(tiny_task, killed_at_first_checkpoint):
