@@ -7,10 +7,10 @@ the default pipeline's reward model, trained on all the labels, one trained on a
 ensemble of --members reward models on all the labels (reward.py --members) optimised through each aggregation of
 their scores (ppo.py --reward_agg mean, min, uwo: Coste et al. 2024), and the members' weight average (reward.py
 --warm; Rame et al. 2024, WARM), and a second ensemble whose members each learn from their own bootstrap resample
-of the labels (reward.py --bootstrap), through each aggregation. The same long run with ppo.py's default KL penalty shows what the penalty does
-for the first two, and best-of-N sampling from the SFT policy (N = 1 ... 64) is the other way to optimise each
-reward model. Against d = sqrt(KL to SFT), each method's
-gold gain over the SFT policy is fitted with Gao et al.'s forms by least squares:
+of the labels (reward.py --bootstrap), through each aggregation. The same long run with ppo.py's default KL penalty
+shows what the penalty does for the first two, and best-of-N sampling from the SFT policy (N = 1 ... 64) is the
+other way to optimise each reward model. Against d = sqrt(KL to SFT), each method's gold gain over the SFT policy is
+fitted with Gao et al.'s forms by least squares:
 
     best-of-N:  gold(d) - gold(0) = d (alpha - beta d)
     RL (PPO):   gold(d) - gold(0) = d (alpha - beta log d)
@@ -19,7 +19,7 @@ and alpha, beta and R^2 are reported for each reward model.
 
 It needs the default pipeline's SFT model, labels and reward model (python sft.py && python label.py && python
 reward.py); it trains the small reward model, the two ensembles and eleven PPO runs, each its own one-thread process,
---jobs at a time, and reuses those that finished before with the settings they would run with now. 21 minutes on
+--jobs at a time, and reuses those that finished before with the settings they would run with now. 34 minutes on
 two CPU cores with the defaults below; --tiny runs it in seconds.
 
     python -m experiments.overoptimisation
@@ -126,14 +126,12 @@ def run(cfg, bar):
     trainings += [reward_args(name.replace(" ", "_"), "--train_file", f"{cfg.base}/label/prefs_train.jsonl",
                               "--members", cfg.members, extra) for name, extra in ensembles.items()]
     ensemble_paths = {name: f"{cfg.out_dir}/reward_{name.replace(' ', '_')}/ckpt.pt" for name in ensembles}
+    aggregated = lambda name: {f"{name} {how}": (ensemble_paths[name], ["--reward_agg", how, "--uwo_lambda",
+                                                                         cfg.uwo_lambda])
+                               for how in REWARD_AGGREGATIONS}
     reward_models = {"all": (f"{cfg.base}/reward/ckpt.pt", []), "small": (f"{cfg.out_dir}/reward_small/ckpt.pt", []),
-                     **{f"ensemble {how}": (ensemble_paths["ensemble"], ["--reward_agg", how, "--uwo_lambda",
-                                                                          cfg.uwo_lambda])
-                        for how in REWARD_AGGREGATIONS},
-                     "warm": (f"{cfg.out_dir}/reward_ensemble/warm.pt", []),
-                     **{f"bootstrap ensemble {how}": (ensemble_paths["bootstrap ensemble"],
-                                                      ["--reward_agg", how, "--uwo_lambda", cfg.uwo_lambda])
-                        for how in REWARD_AGGREGATIONS}}
+                     **aggregated("ensemble"), "warm": (f"{cfg.out_dir}/reward_ensemble/warm.pt", []),
+                     **aggregated("bootstrap ensemble")}
     bar.total = len(trainings) + len(reward_models) + 2 + 1
     times = run_missing(trainings, cfg.jobs)
     bar.update(len(trainings))
