@@ -17,29 +17,26 @@ from common import decode_responses, load_prompts, sample, write_jsonl
 from model import token_logprobs
 
 
-@torch.no_grad()
 def members_spread(ensemble, batches, rt):
     """
     How far an ensemble's members disagree on each sampled response: the standard deviation of their scores (over
     the members, each normalised on the SFT samples). Where the policy has found what the labels never showed, the
     members should part ways; if they do not, their minimum or variance cannot hold the policy back.
     """
-    spread = []
-    for p, pm, tokens, mask in batches:
-        with rt.autocast():
-            members = ensemble.member_rewards(torch.cat([p, tokens], 1), torch.cat([pm, mask], 1)).float()
-        spread.append(members.std(0, correction=0).cpu())
-    return torch.cat(spread).tolist()
+    return torch.tensor(reward_scores(ensemble.member_rewards, batches, rt)).std(0, correction=0).tolist()
 
 
 @torch.no_grad()
 def reward_scores(reward_model, batches, rt):
-    """The reward model's score of each sampled response (common.sample's batches), read at its last token."""
+    """
+    The reward model's score of each sampled response (common.sample's batches), read at its last token. Given an
+    ensemble's member_rewards, a list of them per member.
+    """
     scores = []
     for p, pm, tokens, mask in batches:
         with rt.autocast():  # left-padded prompt, right-padded response: as PPO hands them over
             scores.append(reward_model(torch.cat([p, tokens], 1), torch.cat([pm, mask], 1)).float().cpu())
-    return torch.cat(scores).tolist()
+    return torch.cat(scores, -1).tolist()  # the responses are the last dimension
 
 
 @torch.no_grad()

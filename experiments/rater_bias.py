@@ -7,7 +7,8 @@ The default pipeline's comparison sets (the SFT model's own responses, in out/la
 by biased simulated raters, with the same random numbers as the unbiased ones, so only the bias differs. A reward
 model (or with --members an ensemble) and PPO are trained on those labels, and PPO on the unbiased labels' reward
 model beside it, everything else at the defaults. Reported before (the SFT policy) and after PPO, on held-out
-prompts: the reward model's score, the gold score, the share of flattering replies (any of data.world.FLATTERY's phrases) and the mean length.
+prompts: the reward model's score, the gold score, the share of flattering replies (any of data.world.FLATTERY's
+phrases) and the mean length.
 
 It needs the default pipeline's SFT model, labels and reward model (python sft.py && python label.py && python
 reward.py). About 4 minutes on two CPU cores, as estimated from short runs of its pieces; --tiny runs it in seconds.
